@@ -1,0 +1,82 @@
+"""Server configuration: one frozen dataclass built from CLI flags with environment fallbacks."""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 5433
+    upstream: str | None = None          # libpq URI; None means the embedded PostgreSQL
+    data_dir: Path = field(default_factory=lambda: Path("pgml-data"))
+    workers: int = 1
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    log_level: str = "info"
+    log_format: str = "text"            # 'text' or 'json' (structured)
+    model_cache_mb: int = 1024
+    gpu: str = "auto"                   # auto | on | off
+    artifact_key: str | None = None     # hex HMAC key for model artifacts; None: kept in the upstream
+    max_clients: int = 1000
+    max_message_size: int = 1 << 30     # PostgreSQL's own limit for a single message
+    startup_timeout: float = 60.0       # seconds a client may take to authenticate
+    shutdown_timeout: float = 30.0      # seconds running statements get after SIGTERM
+    embedded_port: int | None = None    # TCP port of the embedded upstream (None: pick a free one)
+
+
+def _env(*names: str) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pgml-server",
+        description="A PostgreSQL wire-protocol server that forwards SQL to an upstream PostgreSQL "
+        "and answers pgml.* machine-learning calls itself.",
+    )
+    p.add_argument("--host", default=_env("PGML_HOST") or "127.0.0.1", help="address to listen on (PGML_HOST)")
+    p.add_argument("--port", type=int, default=int(_env("PGML_PORT") or 5433), help="port to listen on (PGML_PORT)")
+    p.add_argument(
+        "--upstream",
+        default=_env("PGML_UPSTREAM", "DATABASE_URL"),
+        metavar="DSN",
+        help="libpq URI of the upstream PostgreSQL (PGML_UPSTREAM or DATABASE_URL); "
+        "absent: start an embedded PostgreSQL in --data-dir",
+    )
+    p.add_argument("--data-dir", default=_env("PGML_DATA_DIR") or "pgml-data",
+                   help="data folder of the embedded PostgreSQL (PGML_DATA_DIR)")
+    p.add_argument("--workers", type=int, default=int(_env("PGML_WORKERS") or 1),
+                   help="worker processes sharing the port (SO_REUSEPORT)")
+    p.add_argument("--tls-cert", default=_env("PGML_TLS_CERT"), help="PEM certificate for client TLS")
+    p.add_argument("--tls-key", default=_env("PGML_TLS_KEY"), help="PEM private key for client TLS")
+    p.add_argument("--log-level", default=_env("PGML_LOG_LEVEL") or "info",
+                   choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default=_env("PGML_LOG_FORMAT") or "text", choices=["text", "json"])
+    p.add_argument("--model-cache-mb", type=int, default=int(_env("PGML_MODEL_CACHE_MB") or 1024),
+                   help="bound of the in-memory model cache in MiB")
+    p.add_argument("--gpu", default=_env("PGML_GPU") or "auto", choices=["auto", "on", "off"])
+    p.add_argument("--artifact-key", default=_env("PGML_ARTIFACT_KEY"),
+                   help="hex HMAC key signing model artifacts (default: generated once, kept in the upstream)")
+    p.add_argument("--max-clients", type=int, default=int(_env("PGML_MAX_CLIENTS") or 1000))
+    p.add_argument("--embedded-port", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def from_args(argv: list[str] | None = None) -> Config:
+    a = build_parser().parse_args(argv)
+    if bool(a.tls_cert) != bool(a.tls_key):
+        raise SystemExit("pgml-server: --tls-cert and --tls-key go together")
+    return Config(
+        host=a.host, port=a.port, upstream=a.upstream, data_dir=Path(a.data_dir), workers=max(1, a.workers),
+        tls_cert=a.tls_cert, tls_key=a.tls_key, log_level=a.log_level, log_format=a.log_format,
+        model_cache_mb=a.model_cache_mb, gpu=a.gpu, artifact_key=a.artifact_key, max_clients=a.max_clients,
+        embedded_port=a.embedded_port,
+    )

@@ -1,0 +1,384 @@
+"""Answering local (pgml.*) statements in the simple and the extended protocol.
+
+The session hands this module the client messages that concern local statements: Parse of SQL that
+calls pgml.*, and Bind/Describe/Execute/Close naming a local statement or portal. Answers are
+queued as LocalItems so they interleave correctly with forwarded answers.
+"""
+from __future__ import annotations
+
+import inspect
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from protocol import messages as m
+from protocol import sqlstate, types
+from protocol.errors import PgError
+
+from . import pending as pq
+from .functions.base import RECORD
+from .pending import LocalItem, Pending
+from .router import ERROR, FORWARD, LOCAL, MULTI, REWRITE, LocalStatement, Route
+from .session_executor import SessionExecutor
+
+if TYPE_CHECKING:
+    from .session import Session
+
+_PARSE_COMPLETE = m.ParseComplete().encode()
+_BIND_COMPLETE = m.BindComplete().encode()
+_CLOSE_COMPLETE = m.CloseComplete().encode()
+_NO_DATA = m.NoData().encode()
+_I32 = struct.Struct("!i")
+_U32 = struct.Struct("!I")
+
+
+@dataclass
+class LocalPrepared:
+    name: str
+    sql: str
+    route: Route
+    param_oids: list[int]
+
+
+@dataclass
+class LocalPortal:
+    name: str
+    prepared: LocalPrepared
+    params: list[Any]
+    result_formats: list[int]
+
+
+class CallContext:
+    """What a pgml.* function sees of the session (see functions/base.py)."""
+
+    def __init__(self, session: "Session", *, extended: bool) -> None:
+        self.session = session
+        self.server = session.ctx
+        self.executor = SessionExecutor(session, extended=extended)
+        self.user = session.startup_params.get("user", "")
+        self.extended = extended
+
+    def notice(self, message: str) -> None:
+        self.session.notice(message)
+
+    def transaction_block(self) -> bool:
+        """True inside BEGIN … COMMIT or inside a pipeline that already ran statements."""
+        return self.session.tx_status != "I" or (self.extended and self.session.batch_dirty)
+
+
+# ---------------------------------------------------------------- result encoding
+
+def _cstr(s: str) -> bytes:
+    return s.encode() + b"\x00"
+
+
+def encode_value(oid: int, value: Any, binary: bool) -> bytes | None:
+    if value is None:
+        return None
+    if oid == RECORD:
+        return _record_binary(value) if binary else _record_text(value)
+    return types.encode(oid, value, binary)
+
+
+def _record_text(values: tuple) -> bytes:
+    parts = []
+    for v in values:
+        if v is None:
+            parts.append("")
+            continue
+        text = types.encode(_guess_oid(v), v, False).decode()
+        if text == "" or any(c in text for c in ',()"\\ '):
+            text = '"' + text.replace("\\", "\\\\").replace('"', '""') + '"'
+        parts.append(text)
+    return ("(" + ",".join(parts) + ")").encode()
+
+
+def _record_binary(values: tuple) -> bytes:
+    out = [_I32.pack(len(values))]
+    for v in values:
+        oid = _guess_oid(v)
+        out.append(_U32.pack(oid))
+        if v is None:
+            out.append(_I32.pack(-1))
+        else:
+            data = types.encode(oid, v, True)
+            out.append(_I32.pack(len(data)) + data)
+    return b"".join(out)
+
+
+def _guess_oid(v: Any) -> int:
+    if isinstance(v, bool):
+        return types.BOOL
+    if isinstance(v, int):
+        return types.INT8
+    if isinstance(v, float):
+        return types.FLOAT8
+    if isinstance(v, (dict, list)):
+        return types.JSONB
+    return types.TEXT
+
+
+def row_description(columns: list[tuple[str, int]], formats: list[int]) -> bytes:
+    fields = []
+    for i, (name, oid) in enumerate(columns):
+        fmt = formats[0] if len(formats) == 1 else (formats[i] if i < len(formats) else 0)
+        fields.append(m.FieldDescription(name, 0, 0, oid, types.type_size(oid), -1, fmt))
+    return m.RowDescription(fields).encode()
+
+
+def encode_rows(columns: list[tuple[str, int]], rows: list[tuple], formats: list[int]) -> bytes:
+    n = len(columns)
+    fmts = [bool(formats[0])] * n if len(formats) == 1 else [bool(formats[i]) if i < len(formats) else False
+                                                              for i in range(n)]
+    oids = [oid for _, oid in columns]
+    data_row = m.data_row
+    return b"".join(data_row([encode_value(oids[i], r[i], fmts[i]) for i in range(n)]) for r in rows)
+
+
+# ---------------------------------------------------------------- running a statement
+
+def run_statement(stmt: LocalStatement, ctx: CallContext, params: list) -> Any:
+    """Rows of a local statement, or an awaitable of them when a function must wait."""
+    if stmt.expand or stmt.returns_set:
+        call = stmt.calls[0]
+        result = call.function.impl(ctx, **call.arguments(params))
+        if inspect.isawaitable(result):
+            return _finish_expand(stmt, result)
+        return _rows_of(stmt, result)
+    values: list[Any] = []
+    for i, call in enumerate(stmt.calls):
+        result = call.function.impl(ctx, **call.arguments(params))
+        if inspect.isawaitable(result):
+            return _finish_row(stmt, ctx, params, values, result, i)
+        values.append(result)
+    return [tuple(values)]
+
+
+async def _finish_expand(stmt: LocalStatement, awaitable) -> list[tuple]:
+    return _rows_of(stmt, await awaitable)
+
+
+async def _finish_row(stmt, ctx, params, values, awaitable, i) -> list[tuple]:
+    values.append(await awaitable)
+    for call in stmt.calls[i + 1:]:
+        result = call.function.impl(ctx, **call.arguments(params))
+        values.append(await result if inspect.isawaitable(result) else result)
+    return [tuple(values)]
+
+
+def _rows_of(stmt: LocalStatement, result: Any) -> list[tuple]:
+    fn = stmt.calls[0].function
+    items = list(result) if fn.returns_set else [result]
+    if stmt.expand and fn.composite:
+        return [tuple(r) for r in items]
+    return [(r,) for r in items]
+
+
+def command_tag(stmt: LocalStatement, rows: list) -> str:
+    return f"SELECT {len(rows)}"
+
+
+# ---------------------------------------------------------------- the runner
+
+class LocalRunner:
+    def __init__(self, session: "Session") -> None:
+        self.session = session
+
+    # -- simple protocol
+
+    def simple_query(self, frame, out: list) -> None:
+        session = self.session
+        sql = m.Query.decode(frame.payload).sql
+        route = session.ctx.router.classify(sql)
+        if route.kind == FORWARD:
+            out.append(frame.raw)
+            session.queue.append(Pending(pq.SIMPLE))
+            return
+        session.push_local(LocalItem(run=lambda: self._run_simple(route, sql), extended=False))
+
+    async def _run_simple(self, route: Route, sql: str) -> None:
+        session = self.session
+        if route.kind == MULTI:
+            for part_sql, part in route.parts:
+                if not await self._run_simple_part(part, part_sql):
+                    break
+        else:
+            await self._run_simple_part(route, sql, last=True)
+            return
+        session.emit(m.ready_for_query(session.tx_status))
+
+    async def _run_simple_part(self, route: Route, sql: str, last: bool = False) -> bool:
+        """Run one statement of a simple Query; False when it failed (the rest is skipped)."""
+        session = self.session
+        if route.kind == FORWARD:
+            return await session.forward_simple_part(sql)
+        if route.kind == ERROR:
+            raise route.error
+        if route.kind == REWRITE:
+            await route.rewrite.run_simple(session, sql)
+            if last:
+                session.emit(m.ready_for_query(session.tx_status))
+            return True
+        stmt = route.statement
+        rows = run_statement(stmt, CallContext(session, extended=False), [])
+        if inspect.isawaitable(rows):
+            rows = await rows
+        session.emit(row_description(stmt.columns, [0]))
+        session.emit(encode_rows(stmt.columns, rows, [0]))
+        session.emit(m.command_complete(command_tag(stmt, rows)))
+        if last:
+            session.emit(m.ready_for_query(session.tx_status))
+        return True
+
+    # -- extended protocol
+
+    def parse(self, frame, out: list) -> None:
+        session = self.session
+        msg = m.Parse.decode(frame.payload)
+        route = session.ctx.router.classify(msg.query) if b"pgml" in bytes(frame.payload).lower() else None
+        if route is None or route.kind == FORWARD:
+            if msg.name in session.prepared:
+                if msg.name:
+                    self._error(PgError(sqlstate.DUPLICATE_PSTATEMENT,
+                                        f'prepared statement "{msg.name}" already exists'))
+                    return
+                del session.prepared[msg.name]
+            out.append(frame.raw)
+            session.queue.append(Pending(pq.EXT))
+            return
+        if route.kind == ERROR:
+            self._error(route.error)
+            return
+        if msg.name and msg.name in session.prepared:
+            self._error(PgError(sqlstate.DUPLICATE_PSTATEMENT, f'prepared statement "{msg.name}" already exists'))
+            return
+        declared = list(msg.param_oids)
+        inferred = self._param_types(route)
+        oids = [declared[i] if i < len(declared) and declared[i] else t for i, t in enumerate(inferred)]
+        oids += declared[len(oids):]
+        session.prepared[msg.name] = LocalPrepared(msg.name, msg.query, route, oids)
+        self._reply(_PARSE_COMPLETE)
+
+    @staticmethod
+    def _param_types(route: Route) -> list[int]:
+        if route.kind == LOCAL:
+            return list(route.statement.param_types)
+        if route.kind == REWRITE:
+            return list(route.rewrite.param_types)
+        return []
+
+    def handles(self, t: int, payload) -> bool:
+        session = self.session
+        raw = bytes(payload)
+        if t == 0x42:  # Bind: portal\0statement\0
+            first = raw.index(b"\x00")
+            portal = raw[:first].decode()
+            stmt = raw[first + 1: raw.index(b"\x00", first + 1)].decode()
+            if stmt in session.prepared:
+                return True
+            session.portals.pop(portal, None)   # a forwarded Bind replaces a local portal of that name
+            return False
+        kind, name = chr(raw[0]), raw[1:-1].decode()
+        if kind == "S":
+            return name in session.prepared
+        return name in session.portals
+
+    def is_local_portal(self, payload) -> bool:
+        raw = bytes(payload)
+        return raw[: raw.index(b"\x00")].decode() in self.session.portals
+
+    def dispatch(self, t: int, frame, out: list) -> None:
+        if t == 0x42:
+            self._bind(m.Bind.decode(frame.payload))
+        elif t == 0x44:
+            self._describe(m.Describe.decode(frame.payload))
+        else:
+            self._close(m.Close.decode(frame.payload))
+
+    def _bind(self, msg: m.Bind) -> None:
+        session = self.session
+        prepared = session.prepared[msg.statement]
+        oids = prepared.param_oids
+        if len(msg.params) != len(oids):
+            self._error(PgError(sqlstate.PROTOCOL_VIOLATION,
+                                f'bind message supplies {len(msg.params)} parameters, but prepared statement '
+                                f'"{msg.statement}" requires {len(oids)}'))
+            return
+        formats = msg.param_formats
+        try:
+            params = [None if v is None else types.decode(
+                oids[i] or types.TEXT, bytes(v), bool(formats[0] if len(formats) == 1 else
+                                                     (formats[i] if i < len(formats) else 0)))
+                for i, v in enumerate(msg.params)]
+        except PgError as err:
+            self._error(err)
+            return
+        except Exception as exc:
+            self._error(PgError(sqlstate.INVALID_BINARY_REPRESENTATION,
+                                f"incorrect binary data format in bind parameter: {exc}"))
+            return
+        session.portals[msg.portal] = LocalPortal(msg.portal, prepared, params, list(msg.result_formats))
+        self._reply(_BIND_COMPLETE)
+
+    def _describe(self, msg: m.Describe) -> None:
+        session = self.session
+        if msg.kind == "S":
+            prepared = session.prepared[msg.name]
+            columns = self._columns(prepared.route)
+            desc = m.ParameterDescription(prepared.param_oids).encode()
+            self._reply(desc + (row_description(columns, [0]) if columns else _NO_DATA))
+        else:
+            portal = session.portals[msg.name]
+            columns = self._columns(portal.prepared.route)
+            self._reply(row_description(columns, portal.result_formats) if columns else _NO_DATA)
+
+    @staticmethod
+    def _columns(route: Route) -> list[tuple[str, int]]:
+        if route.kind == LOCAL:
+            return route.statement.columns
+        return route.rewrite.columns
+
+    def _close(self, msg: m.Close) -> None:
+        session = self.session
+        if msg.kind == "S":
+            session.prepared.pop(msg.name, None)
+        else:
+            session.portals.pop(msg.name, None)
+        self._reply(_CLOSE_COMPLETE)
+
+    def execute(self, frame) -> None:
+        session = self.session
+        msg = m.Execute.decode(frame.payload)
+        portal = session.portals[msg.portal]
+        route = portal.prepared.route
+        if route.kind == REWRITE:
+            session.push_local(LocalItem(run=lambda: route.rewrite.run_extended(session, portal)))
+            return
+        ctx = CallContext(session, extended=True)
+        try:
+            rows = run_statement(route.statement, ctx, portal.params)
+        except PgError as err:
+            self._error(err)
+            return
+        if inspect.isawaitable(rows):
+            session.push_local(LocalItem(run=lambda: self._finish_execute(portal, rows)))
+            return
+        self._reply(self._result(portal, rows))
+
+    async def _finish_execute(self, portal: LocalPortal, rows) -> None:
+        self.session.emit(self._result(portal, await rows))
+
+    @staticmethod
+    def _result(portal: LocalPortal, rows: list[tuple]) -> bytes:
+        stmt = portal.prepared.route.statement
+        return encode_rows(stmt.columns, rows, portal.result_formats) + m.command_complete(command_tag(stmt, rows))
+
+    # -- queueing answers
+
+    def _reply(self, data: bytes) -> None:
+        self.session.queue.append(LocalItem(data=data))
+
+    def _error(self, err: PgError) -> None:
+        async def fail() -> None:
+            raise err
+        self.session.push_local(LocalItem(run=fail))

@@ -1,0 +1,62 @@
+"""What the session is waiting for from the upstream, in order.
+
+Every message sent upstream that PostgreSQL answers is one `Pending` entry; a local answer that
+must be emitted between forwarded answers is a `LocalItem`. The session keeps them in one FIFO,
+so responses reach the client in exactly the order PostgreSQL would produce them.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Callable, Awaitable
+
+# Pending kinds
+EXT = 0        # one extended-protocol message (Parse/Bind/Describe/Execute/Close)
+SYNC = 1       # Sync: answered by ReadyForQuery
+SIMPLE = 2     # simple Query or FunctionCall: answered by ... ReadyForQuery; ErrorResponse is not final
+
+# Response types that finish one extended-protocol message.
+EXT_DONE = frozenset(b"123TnCIsE")
+# Asynchronous messages PostgreSQL may send at any time; they always go to the client.
+ASYNC = frozenset(b"NAS")
+
+
+class Consumer:
+    """Receives upstream responses for statements the server itself runs on a client's session."""
+
+    def __init__(self) -> None:
+        self.outstanding = 0
+        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def on_message(self, msg_type: int, payload: bytes) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def item_finished(self) -> None:
+        self.outstanding -= 1
+        if self.outstanding == 0 and not self.done.done():
+            self.done.set_result(None)
+
+    def aborted(self) -> None:
+        """The upstream connection went away."""
+        if not self.done.done():
+            self.done.set_exception(ConnectionError("upstream connection lost"))
+
+
+class Pending:
+    __slots__ = ("kind", "consumer")
+
+    def __init__(self, kind: int, consumer: Consumer | None = None) -> None:
+        self.kind = kind
+        self.consumer = consumer          # None: responses are relayed to the client
+
+
+class LocalItem:
+    """A locally produced answer: ready bytes, or a coroutine to run once it reaches the head."""
+
+    __slots__ = ("data", "run", "extended")
+    consumer = None       # never receives upstream responses
+
+    def __init__(self, data: bytes | None = None,
+                 run: Callable[[], Awaitable[None]] | None = None, extended: bool = True) -> None:
+        self.data = data
+        self.run = run
+        self.extended = extended

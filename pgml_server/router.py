@@ -1,0 +1,350 @@
+"""Decide what happens to a statement: forward it, answer it locally, or rewrite it.
+
+The session calls the router only for SQL that contains `pgml` (a bytes search decides that);
+results are cached by SQL text, so a statement is parsed once however often it runs.
+Classification is pure: it never touches the network.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pglast
+import pglast.visitors
+from pglast import ast
+from pglast.stream import RawStream
+
+from protocol import sqlstate, types
+from protocol.errors import PgError
+
+from .functions import FUNCTIONS, Function
+from .functions.base import ANY, RECORD, BoundArgs, bind, evaluate
+
+FORWARD = "forward"
+LOCAL = "local"
+MULTI = "multi"
+ERROR = "error"
+REWRITE = "rewrite"
+
+PREDICT_FUNCTIONS = frozenset({"predict", "predict_proba", "predict_joint", "predict_batch"})
+
+
+@dataclass
+class LocalCall:
+    function: Function
+    bound: BoundArgs
+    column: str
+
+    def arguments(self, params: list) -> dict[str, Any]:
+        return evaluate(self.function, self.bound, params)
+
+
+@dataclass
+class LocalStatement:
+    """A statement made only of pgml.* calls with constant or bound arguments."""
+    calls: list[LocalCall]
+    columns: list[tuple[str, int]]
+    param_types: list[int]
+    expand: bool            # SELECT * FROM pgml.f(...): the function's columns become the row
+
+    @property
+    def returns_set(self) -> bool:
+        return any(c.function.returns_set for c in self.calls)
+
+
+@dataclass
+class Route:
+    kind: str
+    statement: LocalStatement | None = None
+    error: PgError | None = None
+    parts: list[tuple[str, "Route"]] = field(default_factory=list)
+    rewrite: Any = None
+
+
+_FORWARD = Route(FORWARD)
+
+
+class Router:
+    def __init__(self, cache_size: int = 4096, rewriter: Callable[[str, Any], Route | None] | None = None) -> None:
+        self._cache: OrderedDict[str, Route] = OrderedDict()
+        self._cache_size = cache_size
+        self._rewriter = rewriter
+
+    def classify(self, sql: str) -> Route:
+        route = self._cache.get(sql)
+        if route is not None:
+            self._cache.move_to_end(sql)
+            return route
+        route = self._classify(sql)
+        self._cache[sql] = route
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return route
+
+    def _classify(self, sql: str) -> Route:
+        try:
+            stmts = pglast.parse_sql(sql)
+        except pglast.parser.ParseError:
+            return _FORWARD         # the upstream reports the syntax error exactly as it should
+        if len(stmts) > 1:
+            parts = [(_source(sql, s), self._classify_stmt(_source(sql, s), s.stmt)) for s in stmts]
+            if all(r.kind == FORWARD for _, r in parts):
+                return _FORWARD
+            return Route(MULTI, parts=parts)
+        if not stmts:
+            return _FORWARD
+        return self._classify_stmt(sql, stmts[0].stmt)
+
+    def _classify_stmt(self, sql: str, stmt) -> Route:
+        calls = _pgml_calls(stmt)
+        if not calls:
+            return _FORWARD
+        try:
+            local = compile_local(stmt)
+        except PgError as err:
+            return Route(ERROR, error=err)
+        if local is not None:
+            return Route(LOCAL, statement=local)
+        if any(_func_name(c) in PREDICT_FUNCTIONS for c in calls) and self._rewriter is not None:
+            try:
+                rewritten = self._rewriter(sql, stmt)
+            except PgError as err:
+                return Route(ERROR, error=err)
+            if rewritten is not None:
+                return rewritten
+        if all(_func_name(c) not in FUNCTIONS for c in calls):
+            return _FORWARD
+        return Route(ERROR, error=PgError(
+            sqlstate.FEATURE_NOT_SUPPORTED,
+            "pgml-server cannot run this use of " + ", ".join(sorted({f"pgml.{_func_name(c)}" for c in calls})),
+            hint="pgml.* functions run as SELECT pgml.f(...) or SELECT * FROM pgml.f(...) with constant or "
+                 "bound arguments; pgml.predict* can also appear inside queries over tables."))
+
+
+def _source(sql: str, raw: ast.RawStmt) -> str:
+    data = sql.encode()
+    start = raw.stmt_location or 0
+    end = start + raw.stmt_len if raw.stmt_len else len(data)
+    return data[start:end].decode().strip()
+
+
+def _func_name(call: ast.FuncCall) -> str:
+    return call.funcname[-1].sval.lower()
+
+
+def is_pgml_call(node) -> bool:
+    if not isinstance(node, ast.FuncCall):
+        return False
+    names = node.funcname
+    return len(names) == 2 and names[0].sval.lower() == "pgml"
+
+
+def _pgml_calls(stmt) -> list[ast.FuncCall]:
+    found: list[ast.FuncCall] = []
+
+    class Finder(pglast.visitors.Visitor):
+        def visit_FuncCall(self, ancestors, node):
+            if is_pgml_call(node):
+                found.append(node)
+
+    Finder()(stmt)
+    return found
+
+
+# ---------------------------------------------------------------- local statements
+
+def compile_local(stmt) -> LocalStatement | None:
+    """Compile `SELECT pgml.f(...)[, ...]` or `SELECT * FROM pgml.f(...)`, else None."""
+    if not isinstance(stmt, ast.SelectStmt) or not _plain_select(stmt):
+        return None
+    params: dict[int, int] = {}
+    if stmt.fromClause:
+        return _compile_from_form(stmt, params)
+    calls = []
+    for target in stmt.targetList or ():
+        if not is_pgml_call(target.val):
+            return None
+        call = _compile_call(target.val, params, target.name)
+        if call is None:
+            return None
+        calls.append(call)
+    columns = [(c.column, c.function.columns[0][1] if not c.function.composite else RECORD) for c in calls]
+    return LocalStatement(calls, columns, _param_list(params), expand=False)
+
+
+def _plain_select(stmt: ast.SelectStmt) -> bool:
+    return not (stmt.whereClause or stmt.groupClause or stmt.havingClause or stmt.sortClause
+                or stmt.limitCount or stmt.limitOffset or stmt.withClause or stmt.op
+                or stmt.distinctClause or stmt.valuesLists or stmt.intoClause or stmt.windowClause
+                or stmt.lockingClause)
+
+
+def _compile_from_form(stmt: ast.SelectStmt, params: dict[int, int]) -> LocalStatement | None:
+    if len(stmt.fromClause) != 1 or not isinstance(stmt.fromClause[0], ast.RangeFunction):
+        return None
+    rf = stmt.fromClause[0]
+    if rf.lateral or rf.ordinality or len(rf.functions) != 1:
+        return None
+    func = rf.functions[0][0]
+    if not is_pgml_call(func):
+        return None
+    targets = stmt.targetList or ()
+    if not (len(targets) == 1 and isinstance(targets[0].val, ast.ColumnRef)
+            and isinstance(targets[0].val.fields[-1], ast.A_Star)):
+        return None
+    alias = rf.alias.aliasname if rf.alias else None
+    call = _compile_call(func, params, None)
+    if call is None:
+        return None
+    columns = list(call.function.columns)
+    if alias and not call.function.composite:
+        columns = [(alias, columns[0][1])]
+    return LocalStatement([call], columns, _param_list(params), expand=True)
+
+
+def _param_list(params: dict[int, int]) -> list[int]:
+    if not params:
+        return []
+    return [params.get(i, types.TEXT) for i in range(1, max(params) + 1)]
+
+
+def _compile_call(node: ast.FuncCall, params: dict[int, int], alias: str | None) -> LocalCall | None:
+    name = _func_name(node)
+    fn = FUNCTIONS.get(name)
+    if fn is None:
+        return None
+    if node.agg_star or node.agg_distinct or node.over or node.agg_filter or node.agg_order:
+        return None
+    positional, named = [], {}
+    fixed = [p for p in fn.params if not p.variadic]
+    for i, arg in enumerate(node.args or ()):
+        if isinstance(arg, ast.NamedArgExpr):
+            param = next((p for p in fn.params if p.name == arg.name), None)
+            ev = compile_expr(arg.arg, params, param.type if param else types.TEXT)
+            if ev is None:
+                return None
+            named[arg.name] = ev
+        else:
+            expected = fixed[i].type if i < len(fixed) else _variadic_elem(fn)
+            ev = compile_expr(arg, params, expected)
+            if ev is None:
+                return None
+            positional.append(ev)
+    bound = bind(fn, positional, named)
+    return LocalCall(fn, bound, alias or fn.name)
+
+
+def _variadic_elem(fn: Function) -> int:
+    # Past the fixed parameters only a VARIADIC real[] can take more; bind() reports anything else.
+    return types.FLOAT4 if fn.params and fn.params[-1].variadic else types.TEXT
+
+
+class Evaluator:
+    """A compiled argument expression: evaluator(params) → Python value."""
+    __slots__ = ("fn", "is_array")
+
+    def __init__(self, fn: Callable[[list], Any], is_array: bool = False) -> None:
+        self.fn = fn
+        self.is_array = is_array
+
+    def __call__(self, params: list) -> Any:
+        return self.fn(params)
+
+
+_CAST_TYPES = {
+    "float4": types.FLOAT4, "real": types.FLOAT4, "float8": types.FLOAT8, "double precision": types.FLOAT8,
+    "int2": types.INT2, "smallint": types.INT2, "int4": types.INT4, "integer": types.INT4, "int": types.INT4,
+    "int8": types.INT8, "bigint": types.INT8, "numeric": types.NUMERIC, "decimal": types.NUMERIC,
+    "text": types.TEXT, "varchar": types.VARCHAR, "bpchar": types.TEXT, "name": types.TEXT,
+    "bool": types.BOOL, "boolean": types.BOOL, "json": types.JSON, "jsonb": types.JSONB,
+}
+
+
+def cast_type(type_name: ast.TypeName) -> int | None:
+    base = _CAST_TYPES.get(type_name.names[-1].sval.lower())
+    if base is None:
+        return None
+    if type_name.arrayBounds:
+        return types.ARRAY_OF.get(base)
+    return base
+
+
+def compile_expr(node, params: dict[int, int], expected: int) -> Evaluator | None:
+    """Compile a constant/parameter expression; None when only the upstream could evaluate it."""
+    if isinstance(node, ast.A_Const):
+        value = None if node.isnull else _const_value(node.val)
+        return Evaluator(lambda p, v=value: v)
+    if isinstance(node, ast.ParamRef):
+        n = node.number
+        params.setdefault(n, expected if expected != ANY else types.TEXT)
+        return Evaluator(lambda p, i=n - 1: p[i], is_array=_is_array(params[n]))
+    if isinstance(node, ast.TypeCast):
+        target = cast_type(node.typeName)
+        if target is None:
+            return None
+        if isinstance(node.arg, ast.ParamRef):
+            params[node.arg.number] = target
+        inner = compile_expr(node.arg, params, target)
+        if inner is None:
+            return None
+        return Evaluator(lambda p, f=inner, t=target: _cast(f(p), t), is_array=_is_array(target))
+    if isinstance(node, ast.A_ArrayExpr):
+        elem = types.ELEMENT_OF.get(expected, types.FLOAT8) if _is_array(expected) else types.FLOAT8
+        items = [compile_expr(e, params, elem) for e in node.elements or ()]
+        if any(i is None for i in items):
+            return None
+        return Evaluator(lambda p, its=items: [i(p) for i in its], is_array=True)
+    if isinstance(node, ast.A_Expr) and node.lexpr is None and len(node.name) == 1 \
+            and node.name[0].sval in ("-", "+"):
+        inner = compile_expr(node.rexpr, params, expected)
+        if inner is None:
+            return None
+        sign = -1 if node.name[0].sval == "-" else 1
+        return Evaluator(lambda p, f=inner: None if (v := f(p)) is None else sign * v)
+    return None
+
+
+def _is_array(oid: int) -> bool:
+    return oid in types.ELEMENT_OF
+
+
+def _const_value(val) -> Any:
+    if isinstance(val, ast.Integer):
+        return val.ival
+    if isinstance(val, ast.Float):
+        text = val.fval
+        return int(text) if text.lstrip("-").isdigit() else float(text)
+    if isinstance(val, ast.Boolean):
+        return val.boolval
+    if isinstance(val, ast.String):
+        return val.sval
+    if isinstance(val, ast.BitString):
+        return val.bsval
+    return None
+
+
+def _cast(value: Any, oid: int) -> Any:
+    """A constant cast the way PostgreSQL would read it (strings parse as the target type's input)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return types.decode(oid, value.encode(), False)
+        except Exception as exc:
+            raise PgError(sqlstate.INVALID_TEXT_REPRESENTATION,
+                          f"invalid input syntax for type {oid}: \"{value}\"", detail=str(exc)) from None
+    if oid in (types.FLOAT4, types.FLOAT8, types.NUMERIC):
+        return float(value)
+    if oid in (types.INT2, types.INT4, types.INT8):
+        return int(round(value)) if isinstance(value, float) else int(value)
+    if oid == types.TEXT or oid == types.VARCHAR:
+        return str(value)
+    if _is_array(oid) and isinstance(value, list):
+        elem = types.ELEMENT_OF[oid]
+        return [_cast(v, elem) if not isinstance(v, list) else _cast(v, oid) for v in value]
+    return value
+
+
+def deparse(node) -> str:
+    return RawStream()(node)
