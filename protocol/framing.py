@@ -1,0 +1,137 @@
+"""Incremental framing of a PostgreSQL v3 byte stream into messages (sans-IO).
+
+Feed bytes as they arrive, then call next_frame() until it returns None. Two wire shapes:
+- startup phase: int32 length (counting itself) + payload, no type byte (StartupMessage,
+  SSLRequest, GSSENCRequest, CancelRequest);
+- typed phase: type byte + int32 length (counting itself, not the type byte) + payload.
+
+The buffer is an immutable bytes object plus a read offset, so the memoryviews handed out in
+Frame stay valid after later feeds, and a chunk that holds only whole messages is framed without
+copying a byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from struct import Struct
+from typing import NamedTuple
+
+from protocol.errors import ProtocolViolation
+
+_I32 = Struct("!i")
+
+# PostgreSQL's MAX_STARTUP_PACKET_LENGTH: a startup packet larger than this is an attack or junk.
+MAX_STARTUP_SIZE = 10000
+# A startup packet holds at least its own length and a 4-byte protocol code.
+_MIN_STARTUP_LENGTH = 8
+
+
+class Frame(NamedTuple):
+    """One complete message: type byte (0 in the startup phase), payload and the raw bytes."""
+
+    type: int
+    payload: memoryview
+    raw: memoryview
+
+
+class Framer:
+    """Splits a byte stream into Frames; raises ProtocolViolation on impossible lengths."""
+
+    def __init__(
+        self,
+        startup: bool = False,
+        max_message_size: int = 1 << 30,
+        max_startup_size: int = MAX_STARTUP_SIZE,
+    ) -> None:
+        self._typed = not startup
+        self._max_message_size = max_message_size
+        self._max_startup_size = max_startup_size
+        self._buf = b""
+        self._view = memoryview(self._buf)
+        self._pos = 0
+        # Chunks of a message still incomplete, joined once it is whole: feeding a large
+        # message in many small pieces then costs one copy, not one per piece.
+        self._chunks: list[bytes] = []
+        self._chunks_len = 0
+        self._need = 0
+
+    def set_typed(self) -> None:
+        """Switch from startup packets to typed messages (after the StartupMessage)."""
+        self._typed = True
+
+    @property
+    def typed(self) -> bool:
+        return self._typed
+
+    def buffered(self) -> int:
+        """Bytes received but not yet returned in a Frame."""
+        return len(self._buf) - self._pos + self._chunks_len
+
+    def feed(self, data: bytes) -> None:
+        """Add received bytes. A bytes object is kept as is (never copied) when possible."""
+        if not data:
+            return
+        chunk = bytes(data)
+        if self._pos >= len(self._buf) and not self._chunks:
+            self._adopt(chunk)
+            return
+        self._chunks.append(chunk)
+        self._chunks_len += len(chunk)
+        if len(self._buf) - self._pos + self._chunks_len >= self._need:
+            self._adopt(b"".join([self._view[self._pos :], *self._chunks]))
+            self._chunks.clear()
+            self._chunks_len = 0
+
+    def next_frame(self) -> Frame | None:
+        """The next complete message, or None until more bytes are fed."""
+        if self._typed:
+            return self._next_typed()
+        return self._next_startup()
+
+    def frames(self) -> Iterator[Frame]:
+        """Every complete message buffered now."""
+        while (frame := self.next_frame()) is not None:
+            yield frame
+
+    def _adopt(self, buf: bytes) -> None:
+        self._buf = buf
+        self._view = memoryview(buf)
+        self._pos = 0
+
+    def _next_typed(self) -> Frame | None:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 5:
+            return self._wait(5)
+        length = _I32.unpack_from(buf, pos + 1)[0]
+        if length < 4 or length > self._max_message_size:
+            raise ProtocolViolation(
+                f"invalid message length {length} for message type {buf[pos]!r}",
+                severity="FATAL",
+            )
+        end = pos + 1 + length
+        if end > len(buf):
+            return self._wait(1 + length)
+        self._pos = end
+        self._need = 0
+        view = self._view
+        return Frame(buf[pos], view[pos + 5 : end], view[pos:end])
+
+    def _next_startup(self) -> Frame | None:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 4:
+            return self._wait(4)
+        length = _I32.unpack_from(buf, pos)[0]
+        if length < _MIN_STARTUP_LENGTH or length > self._max_startup_size:
+            raise ProtocolViolation(f"invalid length of startup packet: {length}", severity="FATAL")
+        end = pos + length
+        if end > len(buf):
+            return self._wait(length)
+        self._pos = end
+        self._need = 0
+        view = self._view
+        return Frame(0, view[pos + 4 : end], view[pos:end])
+
+    def _wait(self, need: int) -> None:
+        # Remember how many buffered bytes the next frame needs, so feed() can defer joining.
+        self._need = need
+        return None
