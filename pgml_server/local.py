@@ -46,6 +46,7 @@ class LocalPortal:
     prepared: LocalPrepared
     params: list[Any]
     result_formats: list[int]
+    raw_params: m.Bind | None = None     # rewritten statements pass the client's values on as sent
 
 
 class CallContext:
@@ -305,8 +306,9 @@ class LocalRunner:
                                 f'"{msg.statement}" requires {len(oids)}'))
             return
         formats = msg.param_formats
+        rewritten = prepared.route.kind == REWRITE
         try:
-            params = [None if v is None else types.decode(
+            params = [None if v is None or (rewritten and not oids[i]) else types.decode(
                 oids[i] or types.TEXT, bytes(v), bool(formats[0] if len(formats) == 1 else
                                                      (formats[i] if i < len(formats) else 0)))
                 for i, v in enumerate(msg.params)]
@@ -317,11 +319,22 @@ class LocalRunner:
             self._error(PgError(sqlstate.INVALID_BINARY_REPRESENTATION,
                                 f"incorrect binary data format in bind parameter: {exc}"))
             return
-        session.portals[msg.portal] = LocalPortal(msg.portal, prepared, params, list(msg.result_formats))
+        session.portals[msg.portal] = LocalPortal(msg.portal, prepared, params, list(msg.result_formats),
+                                                  msg if rewritten else None)
         self._reply(_BIND_COMPLETE)
 
     def _describe(self, msg: m.Describe) -> None:
         session = self.session
+        prepared = session.prepared.get(msg.name) if msg.kind == "S" else session.portals[msg.name].prepared
+        if prepared.route.kind == REWRITE:
+            # Only the upstream knows the types of the columns around the predictions.
+            portal = session.portals[msg.name] if msg.kind == "P" else None
+            rewrite = prepared.route.rewrite
+
+            async def describe() -> None:
+                session.emit(await rewrite.describe(session, prepared if portal is None else None, portal))
+            session.push_local(LocalItem(run=describe))
+            return
         if msg.kind == "S":
             prepared = session.prepared[msg.name]
             columns = self._columns(prepared.route)

@@ -386,6 +386,9 @@ class Session:
     def emit(self, data: bytes) -> None:
         self.out.append(data)
 
+    def flush_client(self) -> None:
+        self._flush_client()
+
     def _flush_client(self) -> None:
         if self.out:
             data = b"".join(self.out)

@@ -1,0 +1,33 @@
+"""pgml.load_dataset: PostgresML's toy datasets, from the data scikit-learn ships, into the upstream."""
+from __future__ import annotations
+
+import pglast
+
+from protocol import sqlstate, types
+from protocol.errors import PgError
+
+from .. import datasets
+from ..training import TrainingError
+from .base import Param, register
+
+
+@register("load_dataset", [Param("source", types.TEXT), Param("subset", types.TEXT, None),
+                           Param("limit", types.INT8, None), Param("kwargs", types.JSONB, {})],
+          [("table_name", types.TEXT), ("rows", types.INT8)],
+          description="load a toy dataset (diabetes, iris, breast_cancer, digits, wine, linnerud)")
+async def load_dataset(ctx, source, subset, limit, kwargs):
+    try:
+        ds = datasets.get_dataset(source)
+    except TrainingError as exc:
+        raise PgError(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint) from None
+    if limit is not None and limit < 0:
+        raise PgError(sqlstate.INVALID_PARAMETER_VALUE, "limit must not be negative")
+    ex = ctx.executor
+    # One statement per round trip: the extended protocol takes a single command at a time.
+    for statement in pglast.split(datasets.create_table_sql(ds)):
+        await ex.execute(statement)
+    payload = datasets.copy_payload(ds, limit=limit)
+    tag = await ex.copy_in(ds.table, [c[0] for c in ds.columns], payload, "text")
+    rows = int(tag.split()[-1]) if tag else 0
+    ctx.notice(f"pgml.load_dataset: {rows} rows in {ds.table}")
+    return (ds.table, rows)

@@ -1,0 +1,152 @@
+"""pgml.predict, predict_proba, predict_joint and predict_batch with constant or bound features.
+
+The hot path: a cached model answers synchronously (no await, no upstream, no parser); only a
+cache miss returns a coroutine that loads the model first.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from protocol import sqlstate, types
+from protocol.errors import PgError
+
+from ..cache import CachedModel, features_matrix
+from .base import ANY, Param, register
+
+REAL = types.FLOAT4
+REAL_ARRAY = types.ARRAY_OF[types.FLOAT4]
+
+
+def model_for(ctx, project: Any):
+    """The cached model for a project name or model id, or an awaitable that loads it."""
+    services = _services(ctx)
+    if project is None:
+        raise PgError(sqlstate.NULL_VALUE_NOT_ALLOWED, "pgml.predict needs a project name or model id")
+    if isinstance(project, str) and not project.lstrip("-").isdigit():
+        entry = services.cache.deployed(project)
+        return entry if entry is not None else _load_deployed(services, project)
+    model_id = int(project)
+    entry = services.cache.model(model_id)
+    return entry if entry is not None else _load_model(services, model_id)
+
+
+def _services(ctx):
+    services = ctx.server.services
+    if services is None:
+        raise PgError(sqlstate.OBJECT_NOT_IN_PREREQUISITE_STATE, "the pgml registry is not available",
+                      hint="Check the server log: the registry migrations or the upstream connection failed.")
+    return services
+
+
+async def _load_deployed(services, project: str) -> CachedModel:
+    entry = await services.cache.load_deployed(project)
+    if entry is None:
+        raise PgError(sqlstate.UNDEFINED_OBJECT, f'no deployed model for project "{project}"',
+                      hint="Train one with pgml.train(...) or deploy one with pgml.deploy(...); "
+                           "SELECT * FROM pgml.overview lists projects.")
+    return entry
+
+
+async def _load_model(services, model_id: int) -> CachedModel:
+    entry = await services.cache.load_model(model_id)
+    if entry is None:
+        raise PgError(sqlstate.UNDEFINED_OBJECT, f"model {model_id} does not exist or has no artifact",
+                      hint="SELECT id, status FROM pgml.models lists the models.")
+    return entry
+
+
+def with_model(ctx, project, compute):
+    """compute(model) now when the model is cached, else after loading it."""
+    entry = model_for(ctx, project)
+    if isinstance(entry, CachedModel):
+        return compute(entry)
+
+    async def later():
+        return compute(await entry)
+    return later()
+
+
+def check_features(model: CachedModel, X: np.ndarray) -> np.ndarray:
+    if model.num_features and X.shape[1] != model.num_features:
+        raise PgError(sqlstate.INVALID_PARAMETER_VALUE,
+                      f"wrong number of features: the model expects {model.num_features}, got {X.shape[1]}",
+                      hint="Pass the features in the order of the training relation's columns, label excluded.")
+    return X
+
+
+def _features(features) -> np.ndarray:
+    if features is None:
+        raise PgError(sqlstate.NULL_VALUE_NOT_ALLOWED, "features must not be NULL")
+    try:
+        X = features_matrix(features)
+    except (TypeError, ValueError) as exc:
+        raise PgError(sqlstate.INVALID_PARAMETER_VALUE, f"features must be numbers: {exc}") from None
+    if X.size == 0:
+        raise PgError(sqlstate.INVALID_PARAMETER_VALUE, "features must not be empty")
+    if np.isinf(X).any():
+        raise PgError(sqlstate.INVALID_PARAMETER_VALUE, "features must be finite (Infinity given)",
+                      hint="NULL or NaN mark a missing value; Infinity is not a valid feature.")
+    return X
+
+
+def _scalar(value) -> float:
+    v = float(value)
+    return v
+
+
+_PREDICT_PARAMS = [Param("project_name", ANY), Param("features", REAL_ARRAY, variadic=True)]
+
+
+@register("predict", _PREDICT_PARAMS, [("predict", REAL)],
+          description="predict one row with the project's deployed model (or a model id)")
+def predict(ctx, project_name, features):
+    X = _features(features)
+    return with_model(ctx, project_name, lambda model: _scalar(
+        model.plan.predict(check_features(model, X))[0]))
+
+
+@register("predict_proba", _PREDICT_PARAMS, [("predict_proba", REAL_ARRAY)],
+          description="class probabilities of one row")
+def predict_proba(ctx, project_name, features):
+    X = _features(features)
+
+    def compute(model):
+        if model.task != "classification":
+            raise PgError(sqlstate.WRONG_OBJECT_TYPE, "pgml.predict_proba needs a classification model",
+                          hint="Use pgml.predict for regression models.")
+        return [float(p) for p in model.plan.predict_proba(check_features(model, X))[0]]
+    return with_model(ctx, project_name, compute)
+
+
+@register("predict_joint", _PREDICT_PARAMS, [("predict_joint", REAL_ARRAY)],
+          description="all targets of a joint (multi-target) regression model")
+def predict_joint(ctx, project_name, features):
+    X = _features(features)
+
+    def compute(model):
+        out = np.asarray(model.plan.predict(check_features(model, X)))
+        return [float(v) for v in np.ravel(out[0])]
+    return with_model(ctx, project_name, compute)
+
+
+@register("predict_batch", [Param("project_name", ANY), Param("features", REAL_ARRAY)],
+          [("predict_batch", REAL)], returns_set=True,
+          description="predictions for many rows given as one flat array, row after row")
+def predict_batch(ctx, project_name, features):
+    flat = _features(features).ravel()
+
+    def compute(model):
+        n = model.num_features or flat.size
+        if flat.size % n:
+            raise PgError(sqlstate.INVALID_PARAMETER_VALUE,
+                          f"pgml.predict_batch got {flat.size} values, not a multiple of the model's {n} features")
+        out = model.plan.predict(flat.reshape(-1, n))
+        return [float(v) for v in np.ravel(out)]
+    return with_model(ctx, project_name, compute)
+
+
+def is_finite(v: float) -> bool:
+    return not (math.isinf(v))

@@ -1,0 +1,365 @@
+"""Predictions inside SQL over tables.
+
+stream (one pass): pgml.predict* only as whole top-level target-list entries with a constant or
+bound model. The upstream runs the query with each call replaced by its features cast to
+float8[] (binary); rows stream back and are predicted per block, the prediction put in place.
+
+general (two passes): pgml.predict* anywhere else (WHERE, ORDER BY, GROUP BY, aggregates, CTEs,
+subqueries, LATERAL, CREATE TABLE AS, INSERT … SELECT, UPDATE … SET) with a per-row model if
+needed. Pass one collects the distinct (model, features) pairs each call needs, from the FROM of
+the SELECT that holds the call; they are predicted in one batch and copied into a session temp
+table; pass two runs the statement with every call replaced by a lookup into that table.
+Both run on the client's own upstream connection: its transaction, temp tables and role apply.
+"""
+from __future__ import annotations
+
+import copy
+import struct
+from typing import Any
+
+import numpy as np
+from pglast import ast
+
+from protocol import messages as m
+from protocol import sqlstate, types
+from protocol.errors import PgError
+
+from . import pending as pq
+from .cache import CachedModel
+from .functions.predict import check_features, model_for
+from .pending import Consumer
+from .router import REWRITE, Route, deparse, is_pgml_call
+
+_STMT = "__pgml_rewrite"
+_FLUSH = b"H\x00\x00\x00\x04"
+_SYNC = b"S\x00\x00\x00\x04"
+_I16 = struct.Struct("!h")
+_I32 = struct.Struct("!i")
+_BLOCK = 4096
+FLOAT8_ARRAY = types.ARRAY_OF[types.FLOAT8]
+REAL_ARRAY = types.ARRAY_OF[types.FLOAT4]
+_OUTPUT = {"predict": types.FLOAT4, "predict_proba": REAL_ARRAY, "predict_joint": REAL_ARRAY}
+
+
+def rewrite(sql: str, stmt) -> Route | None:
+    stream = StreamPredict.build(stmt)
+    if stream is not None:
+        return Route(REWRITE, rewrite=stream)
+    from .predict_general import GeneralPredict
+    general = GeneralPredict.build(stmt)
+    if general is not None:
+        return Route(REWRITE, rewrite=general)
+    return None
+
+
+def _float8_array(node) -> ast.TypeCast:
+    return ast.TypeCast(arg=node, typeName=ast.TypeName(names=(ast.String(sval="float8"),),
+                                                        arrayBounds=(ast.Integer(ival=-1),), typemod=-1))
+
+
+def features_node(call: ast.FuncCall):
+    """The features argument of a predict call as one array expression (VARIADIC form included)."""
+    args = [a.arg if isinstance(a, ast.NamedArgExpr) else a for a in call.args or ()]
+    named = {a.name: a.arg for a in call.args or () if isinstance(a, ast.NamedArgExpr)}
+    if "features" in named:
+        return named["features"]
+    rest = args[1:]
+    if len(rest) == 1:
+        return rest[0]
+    return ast.A_ArrayExpr(elements=tuple(rest))
+
+
+def model_node(call: ast.FuncCall):
+    for a in call.args or ():
+        if isinstance(a, ast.NamedArgExpr) and a.name == "project_name":
+            return a.arg
+    first = call.args[0]
+    return first.arg if isinstance(first, ast.NamedArgExpr) else first
+
+
+class _Output:
+    """Where a predicted value goes in the client's row."""
+    __slots__ = ("index", "function", "model", "param")
+
+    def __init__(self, index: int, function: str, model: Any, param: int | None) -> None:
+        self.index = index          # column position
+        self.function = function
+        self.model = model          # constant project name / model id, or None when a parameter
+        self.param = param          # 0-based parameter index holding the model
+
+
+class StreamPredict:
+    """The one-pass strategy (see module docstring)."""
+
+    def __init__(self, sql: str, outputs: list[_Output], param_types: list[int]) -> None:
+        self.sql = sql
+        self.outputs = outputs
+        self.param_types = param_types
+        self.columns: list[tuple[str, int]] | None = None
+
+    @classmethod
+    def build(cls, stmt) -> "StreamPredict | None":
+        if not isinstance(stmt, ast.SelectStmt) or stmt.op or stmt.intoClause or not stmt.targetList:
+            return None
+        stmt = copy.deepcopy(stmt)
+        outputs, param_types = [], {}
+        targets = list(stmt.targetList)
+        for i, target in enumerate(targets):
+            call = target.val
+            if not is_pgml_call(call):
+                continue
+            name = call.funcname[-1].sval.lower()
+            if name not in _OUTPUT or not call.args:
+                return None
+            model = model_node(call)
+            if isinstance(model, ast.A_Const) and not model.isnull:
+                out = _Output(i, name, getattr(model.val, "sval", None) or getattr(model.val, "ival", None), None)
+            elif isinstance(model, ast.ParamRef):
+                out = _Output(i, name, None, model.number - 1)
+                param_types[model.number] = types.TEXT
+            else:
+                return None
+            outputs.append(out)
+            targets[i] = ast.ResTarget(name=target.name or name, val=_float8_array(features_node(call)))
+        if not outputs:
+            return None
+        stmt.targetList = tuple(targets)
+        # Any other pgml call left (e.g. inside WHERE) needs the general strategy.
+        if _has_pgml_call(stmt):
+            return None
+        n = max(param_types) if param_types else 0
+        return cls(deparse(stmt), outputs, [param_types.get(i, 0) for i in range(1, n + 1)])
+
+    # -- execution
+
+    def _messages(self, session, params: list[bytes | None], param_formats: list[int],
+                  result_formats: list[int], ncols_hint: int | None) -> bytes:
+        return b"".join((
+            m.Close("S", _STMT).encode(),
+            m.Parse(_STMT, self.sql, self.param_types).encode(),
+            m.Bind(_STMT, _STMT, param_formats, params, result_formats).encode(),
+            m.Describe("P", _STMT).encode(),
+            m.Execute(_STMT, 0).encode(),
+            m.Close("S", _STMT).encode(),
+        ))
+
+    async def _run(self, session, params, param_formats, client_formats, emit_description: bool,
+                   model_params: list) -> None:
+        models = [await _resolve(session, o, model_params) for o in self.outputs]
+        ncols_formats = _formats_for(client_formats, self.outputs)
+        consumer = _StreamConsumer(session, self, models, client_formats, emit_description)
+        use_sync = not session.batch_dirty
+        data = self._messages(session, params, param_formats, ncols_formats, None) + (_SYNC if use_sync else _FLUSH)
+        session.send_internal(data, [pq.EXT] * 6 + ([pq.SYNC] if use_sync else []), consumer)
+        await consumer.done
+        if consumer.error is not None:
+            raise consumer.error
+
+    async def run_simple(self, session, sql: str) -> None:
+        await self._run(session, [], [], [0], True, [])
+
+    async def run_extended(self, session, portal) -> None:
+        raw = portal.raw_params
+        await self._run(session, raw.params, raw.param_formats, portal.result_formats, False, portal.params)
+
+    async def describe(self, session, prepared, portal) -> bytes:
+        """ParameterDescription + RowDescription (statement) or RowDescription (portal) from the upstream."""
+        consumer = _DescribeConsumer()
+        use_sync = not session.batch_dirty
+        data = b"".join((m.Close("S", _STMT).encode(), m.Parse(_STMT, self.sql, self.param_types).encode(),
+                         m.Describe("S", _STMT).encode(), m.Close("S", _STMT).encode(),
+                         _SYNC if use_sync else _FLUSH))
+        session.send_internal(data, [pq.EXT] * 4 + ([pq.SYNC] if use_sync else []), consumer)
+        await consumer.done
+        if consumer.error is not None:
+            raise consumer.error
+        fields = list(consumer.fields or [])
+        for out in self.outputs:
+            f = fields[out.index]
+            oid = _OUTPUT[out.function]
+            fields[out.index] = m.FieldDescription(f.name, 0, 0, oid, types.type_size(oid), -1, 0)
+        if portal is not None:
+            fmts = portal.result_formats
+            fields = [m.FieldDescription(f.name, f.table_oid, f.column_attr, f.type_oid, f.type_size, f.type_mod,
+                                         _fmt(fmts, i)) for i, f in enumerate(fields)]
+            return m.RowDescription(fields).encode() if fields else m.NoData().encode()
+        oids = [o if o else types.TEXT for o in consumer.param_oids]
+        if prepared is not None:
+            prepared.param_oids = oids
+        return m.ParameterDescription(oids).encode() + m.RowDescription(fields).encode()
+
+
+def _has_pgml_call(stmt) -> bool:
+    from .router import _pgml_calls
+    return bool(_pgml_calls(stmt))
+
+
+def _fmt(formats: list[int], i: int) -> int:
+    if not formats:
+        return 0
+    if len(formats) == 1:
+        return formats[0]
+    return formats[i] if i < len(formats) else 0
+
+
+def _formats_for(client_formats: list[int], outputs: list[_Output]) -> list[int]:
+    """Result formats for the upstream: binary for feature columns, the client's choice elsewhere."""
+    n = max(o.index for o in outputs) + 1
+    if len(client_formats) > 1:
+        n = max(n, len(client_formats))
+    formats = [_fmt(client_formats, i) for i in range(n)]
+    for o in outputs:
+        formats[o.index] = 1
+    if len(client_formats) == 1 and client_formats[0] == 1:
+        return formats    # all binary anyway
+    return formats
+
+
+async def _resolve(session, out: _Output, params: list) -> CachedModel:
+    from .local import CallContext
+    project = out.model if out.param is None else params[out.param]
+    entry = model_for(CallContext(session, extended=True), project)
+    return entry if isinstance(entry, CachedModel) else await entry
+
+
+# ---------------------------------------------------------------- consumers
+
+class _DescribeConsumer(Consumer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fields = None
+        self.param_oids: list[int] = []
+        self.error: PgError | None = None
+
+    def on_message(self, t: int, payload: bytes) -> None:
+        if t == 0x74:
+            self.param_oids = m.ParameterDescription.decode(payload).oids
+        elif t == 0x54:
+            self.fields = m.RowDescription.decode(payload).fields
+        elif t == 0x45 and self.error is None:
+            self.error = PgError.from_fields(m.ErrorResponse.decode(payload).fields)
+
+
+def split_fields(payload: bytes) -> list[bytes | None]:
+    """The column values of a DataRow payload, as slices."""
+    n = _I16.unpack_from(payload, 0)[0]
+    pos, out = 2, []
+    unpack = _I32.unpack_from
+    for _ in range(n):
+        length = unpack(payload, pos)[0]
+        pos += 4
+        if length < 0:
+            out.append(None)
+        else:
+            out.append(payload[pos:pos + length])
+            pos += length
+    return out
+
+
+def decode_float8_arrays(values: list[bytes | None]) -> np.ndarray:
+    """Binary float8[] values (one per row) → a float64 matrix; NULL elements become NaN."""
+    first = next((v for v in values if v is not None), None)
+    if first is None:
+        raise PgError(sqlstate.NULL_VALUE_NOT_ALLOWED, "features must not be NULL")
+    if all(v is not None and len(v) == len(first) for v in values):
+        ndim = _I32.unpack_from(first, 0)[0]
+        has_null = _I32.unpack_from(first, 4)[0]
+        if not has_null and ndim >= 1:
+            header = 12 + 8 * ndim
+            count = (len(first) - header) // 12
+            block = np.frombuffer(b"".join(values), dtype=np.uint8).reshape(len(values), len(first))
+            body = np.ascontiguousarray(block[:, header:]).view(np.dtype([("len", ">i4"), ("v", ">f8")]))
+            return body["v"].reshape(len(values), count).astype(np.float64)
+    rows = [types.decode(FLOAT8_ARRAY, bytes(v), True) if v is not None else None for v in values]
+    if any(r is None for r in rows):
+        raise PgError(sqlstate.NULL_VALUE_NOT_ALLOWED, "features must not be NULL")
+    flat = [list(_flatten(r)) for r in rows]
+    width = len(flat[0])
+    if any(len(r) != width for r in flat):
+        raise PgError(sqlstate.INVALID_PARAMETER_VALUE, "rows have different numbers of features")
+    return np.array([[np.nan if x is None else x for x in r] for r in flat], dtype=np.float64)
+
+
+def _flatten(v):
+    for x in v:
+        if isinstance(x, list):
+            yield from _flatten(x)
+        else:
+            yield x
+
+
+def encode_predictions(function: str, values: np.ndarray, binary: bool) -> list[bytes]:
+    if function == "predict":
+        vals = np.asarray(values, dtype=np.float32).ravel()
+        if binary:
+            raw = vals.astype(">f4").tobytes()
+            return [raw[i:i + 4] for i in range(0, len(raw), 4)]
+        return [types.encode(types.FLOAT4, float(v), False) for v in vals]
+    rows = np.asarray(values, dtype=np.float32)
+    rows = rows.reshape(rows.shape[0], -1)
+    return [types.encode(REAL_ARRAY, [float(x) for x in r], binary) for r in rows]
+
+
+class _StreamConsumer(Consumer):
+    """Turns the upstream's rows (features) into the client's rows (predictions), block by block."""
+
+    def __init__(self, session, plan: StreamPredict, models: list[CachedModel], client_formats: list[int],
+                 emit_description: bool) -> None:
+        super().__init__()
+        self.session = session
+        self.plan = plan
+        self.models = models
+        self.client_formats = client_formats
+        self.emit_description = emit_description
+        self.rows: list[list] = []
+        self.error: PgError | None = None
+
+    def on_message(self, t: int, payload: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            if t == 0x44:       # DataRow
+                self.rows.append(split_fields(payload))
+                if len(self.rows) >= _BLOCK:
+                    self._flush_rows()
+            elif t == 0x54:     # RowDescription
+                if self.emit_description:
+                    self._describe(payload)
+            elif t == 0x43:     # CommandComplete
+                self._flush_rows()
+                self.session.emit(m.command_complete(m.CommandComplete.decode(payload).tag))
+                self.session.flush_client()
+            elif t == 0x45:
+                self.error = PgError.from_fields(m.ErrorResponse.decode(payload).fields)
+            elif t == 0x49:     # EmptyQueryResponse
+                self.session.emit(m.EmptyQueryResponse().encode())
+        except PgError as err:
+            self.error = err
+
+    def _describe(self, payload: bytes) -> None:
+        fields = list(m.RowDescription.decode(payload).fields)
+        for out in self.plan.outputs:
+            f = fields[out.index]
+            oid = _OUTPUT[out.function]
+            fields[out.index] = m.FieldDescription(f.name, 0, 0, oid, types.type_size(oid), -1,
+                                                   _fmt(self.client_formats, out.index))
+        self.session.emit(m.RowDescription(fields).encode())
+
+    def _flush_rows(self) -> None:
+        rows = self.rows
+        if not rows:
+            return
+        self.rows = []
+        for out, model in zip(self.plan.outputs, self.models):
+            X = check_features(model, decode_float8_arrays([r[out.index] for r in rows]))
+            if out.function == "predict_proba":
+                pred = model.plan.predict_proba(X)
+            else:
+                pred = model.plan.predict(X)
+            encoded = encode_predictions(out.function, pred, bool(_fmt(self.client_formats, out.index)))
+            for r, v in zip(rows, encoded):
+                r[out.index] = v
+        emit = self.session.emit
+        data_row = m.data_row
+        emit(b"".join(data_row(r) for r in rows))
+        self.session.flush_client()

@@ -1,0 +1,126 @@
+"""What a worker shares between sessions: its own upstream pool, the registry and the model cache.
+
+The server's own connections (from --upstream) apply migrations, read model artifacts and LISTEN
+for deployments; everything done *for a client* runs on that client's session instead.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from . import artifacts, registry
+from .cache import CachedModel, ModelCache
+from .executor import AsyncpgExecutor
+from .inference import compile_plan
+
+if TYPE_CHECKING:
+    from .server import ServerContext
+
+log = logging.getLogger("pgml_server.services")
+
+DEPLOY_CHANNEL = "pgml_deploy"
+
+
+class Services:
+    def __init__(self, ctx: "ServerContext", pool: asyncpg.Pool, key: bytes) -> None:
+        self.ctx = ctx
+        self.pool = pool
+        self.key = key
+        self.cache = ModelCache(self._load, ctx.config.model_cache_mb << 20)
+        self._listener: asyncpg.Connection | None = None
+        self._listen_task: asyncio.Task | None = None
+        self._stopping = False
+
+    @classmethod
+    async def start(cls, ctx: "ServerContext") -> "Services":
+        pool = await asyncpg.create_pool(ctx.upstream_dsn, min_size=1, max_size=4)
+        async with pool.acquire() as conn:
+            ex = AsyncpgExecutor(conn)
+            await registry.migrate(ex)
+            await registry.fail_orphaned_models(ex)
+            if ctx.config.artifact_key:
+                key = bytes.fromhex(ctx.config.artifact_key)
+            else:
+                key = await registry.get_or_create_hmac_key(ex)
+        services = cls(ctx, pool, key)
+        await services._listen()
+        services._listen_task = asyncio.ensure_future(services._keep_listening())
+        asyncio.ensure_future(services.warm())
+        return services
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+        if self._listener is not None:
+            await self._listener.close()
+        await self.pool.close()
+
+    # -- the registry on the server's own connection
+
+    async def run(self, fn, *args):
+        """Run a registry function on a pooled server connection."""
+        async with self.pool.acquire() as conn:
+            return await fn(AsyncpgExecutor(conn), *args)
+
+    async def _load(self, model_id: int | None, project: str | None) -> CachedModel | None:
+        async with self.pool.acquire() as conn:
+            ex = AsyncpgExecutor(conn)
+            if model_id is None:
+                info = await registry.deployed_model(ex, project)
+                if info is None:
+                    return None
+                model_id = info[0]
+            meta = await registry.model_info(ex, model_id)
+            if meta is None:
+                return None
+            blob = await registry.model_artifact(ex, model_id)
+        if blob is None:
+            return None
+        estimator = await asyncio.get_running_loop().run_in_executor(None, artifacts.loads_model, self.key, blob)
+        plan = compile_plan(estimator, meta["task"], gpu=self.ctx.config.gpu)
+        log.info("loaded model %d (%s, %s plan)", model_id, meta["algorithm"], getattr(plan, "kind", "?"))
+        return CachedModel(model_id, meta.get("project_name"), meta["task"], int(meta["num_features"] or 0),
+                           plan, int(getattr(plan, "nbytes", len(blob))))
+
+    async def warm(self) -> None:
+        """Load every deployed model at start-up so the first prediction is as fast as the rest."""
+        try:
+            async with self.pool.acquire() as conn:
+                rows = await conn.fetch("SELECT name FROM pgml.deployed_models")
+            for row in rows:
+                await self.cache.load_deployed(row["name"])
+        except Exception as exc:   # warming is an optimisation; a broken model surfaces on predict
+            log.warning("warming the model cache failed: %s", exc)
+
+    # -- replica consistency
+
+    async def _listen(self) -> None:
+        self._listener = await asyncpg.connect(self.ctx.upstream_dsn)
+        await self._listener.add_listener(DEPLOY_CHANNEL, self._on_deploy)
+
+    def _on_deploy(self, _conn, _pid, _channel, payload: str) -> None:
+        self.cache.invalidate_project(payload)
+        asyncio.ensure_future(self._reload(payload))
+
+    async def _reload(self, project: str) -> None:
+        try:
+            await self.cache.load_deployed(project)
+        except Exception as exc:
+            log.warning("reloading project %r after a deploy failed: %s", project, exc)
+
+    async def _keep_listening(self) -> None:
+        """Reconnect LISTEN when the upstream restarts; drop what may have changed meanwhile."""
+        while not self._stopping:
+            await asyncio.sleep(1.0)
+            if self._listener is not None and not self._listener.is_closed():
+                continue
+            try:
+                await self._listen()
+                self.cache.clear()
+                log.info("LISTEN %s reconnected", DEPLOY_CHANNEL)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.debug("LISTEN reconnect failed: %s", exc)
