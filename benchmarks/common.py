@@ -1,0 +1,47 @@
+"""Shared pieces of the benchmark scripts: an embedded upstream and pgml-server processes."""
+from __future__ import annotations
+
+import contextlib
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pgml_server.embedded import EmbeddedPostgres  # noqa: E402
+from tests.fix_servers import ServerProcess  # noqa: E402
+
+
+@contextlib.contextmanager
+def upstream_and_server(*server_args: str):
+    """An embedded PostgreSQL and one pgml-server in front of it, both stopped afterwards."""
+    with tempfile.TemporaryDirectory(prefix="pgml-bench-") as tmp:
+        pg = EmbeddedPostgres(Path(tmp) / "data", fast=True)
+        pg.start()
+        server = None
+        try:
+            server = ServerProcess(pg.dsn, *server_args, log_path=Path(tmp) / "server.log")
+            yield pg, server
+        finally:
+            if server is not None:
+                server.stop()
+            pg.stop()
+
+
+def percentile(values: list[float], p: float) -> float:
+    values = sorted(values)
+    k = min(len(values) - 1, max(0, int(round(p / 100 * (len(values) - 1)))))
+    return values[k]
+
+
+def describe_machine() -> str:
+    import os
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def summary(values: list[float]) -> str:
+    return (f"p50 {percentile(values, 50) * 1e6:8.1f} µs  p99 {percentile(values, 99) * 1e6:8.1f} µs  "
+            f"mean {statistics.fmean(values) * 1e6:8.1f} µs")

@@ -1,0 +1,418 @@
+"""The general two-pass strategy for pgml.predict* inside SQL (see predict_rewrite.py).
+
+Pass one, for each call: `SELECT DISTINCT model::text, features::float8[] FROM <the FROM items
+that feed the call> WHERE <the call's predict-free conjuncts>` (a superset of what the statement
+needs). The pairs are predicted per model in one batch and copied into the session temp table
+`pg_temp.pgml_predictions`. Pass two is the statement with each call replaced by a lookup into
+that table, so PostgreSQL keeps its full semantics (filters, sorts, joins, writes).
+"""
+from __future__ import annotations
+
+import copy
+import struct
+from typing import Any
+
+import numpy as np
+from pglast import ast, enums
+
+from protocol import messages as m
+from protocol import sqlstate, types
+from protocol.errors import PgError
+
+from . import pending as pq
+from .cache import CachedModel
+from .functions.predict import check_features
+from .pending import Consumer
+from .predict_rewrite import _fmt, decode_float8_arrays, features_node, model_node
+from .router import deparse, is_pgml_call
+
+TEMP_TABLE = "pg_temp.pgml_predictions"
+_CREATE = ("CREATE TEMP TABLE IF NOT EXISTS pgml_predictions (fn text NOT NULL, model text NOT NULL, "
+           "features float8[] NOT NULL, prediction real, prediction_array real[], PRIMARY KEY (fn, model, features))")
+_STMT = "__pgml_general"
+_FLUSH = b"H\x00\x00\x00\x04"
+_SYNC = b"S\x00\x00\x00\x04"
+_I16 = struct.Struct("!h")
+_I32 = struct.Struct("!i")
+_FUNCTIONS = {"predict": "prediction", "predict_proba": "prediction_array", "predict_joint": "prediction_array"}
+_SCOPES = (ast.SelectStmt, ast.UpdateStmt, ast.DeleteStmt)
+
+
+class _Call:
+    """One predict call: its function, model and features, and the pass-one query candidates."""
+
+    def __init__(self, function: str, model, features, passes: list[str]) -> None:
+        self.function = function
+        self.model = model
+        self.features = features
+        self.passes = passes
+
+
+def _walk(node, scopes: list, found: list) -> None:
+    """Find pgml predict calls with the chain of statements (innermost last) that encloses each."""
+    if isinstance(node, _SCOPES):
+        scopes = scopes + [node]
+    if isinstance(node, ast.FuncCall) and is_pgml_call(node):
+        found.append((node, scopes))
+    if isinstance(node, ast.Node):
+        for name in node:
+            _walk(getattr(node, name), scopes, found)
+    elif isinstance(node, (tuple, list)):
+        for item in node:
+            _walk(item, scopes, found)
+
+
+def _conjuncts(where) -> list:
+    if where is None:
+        return []
+    if isinstance(where, ast.BoolExpr) and where.boolop == enums.BoolExprType.AND_EXPR:
+        return [c for arg in where.args for c in _conjuncts(arg)]
+    return [where]
+
+
+def _contains(node, target) -> bool:
+    if node is target:
+        return True
+    if isinstance(node, ast.Node):
+        return any(_contains(getattr(node, n), target) for n in node)
+    if isinstance(node, (tuple, list)):
+        return any(_contains(x, target) for x in node)
+    return False
+
+
+def _has_pgml(node) -> bool:
+    found: list = []
+    _walk(node, [], found)
+    return bool(found)
+
+
+def _from_items(scope, call) -> tuple[list, list]:
+    """FROM items and predict-free WHERE conjuncts of one enclosing statement."""
+    if isinstance(scope, ast.SelectStmt):
+        items = list(scope.fromClause or ())
+    elif isinstance(scope, ast.UpdateStmt):
+        items = [scope.relation] + list(scope.fromClause or ())
+    else:
+        items = [scope.relation] + list(scope.usingClause or ())
+    # An item that holds the call itself (a LATERAL subquery) is replaced by the call's own scope.
+    items = [i for i in items if not _contains(i, call)]
+    where = [c for c in _conjuncts(scope.whereClause) if not _has_pgml(c)]
+    return items, where
+
+
+def _pass_one_queries(call, scopes: list, withs: list) -> list[str]:
+    """Candidate pass-one queries, from the innermost scope outwards (outer columns need more FROM)."""
+    model = ast.TypeCast(arg=model_node(call), typeName=ast.TypeName(names=(ast.String(sval="text"),), typemod=-1))
+    feats = ast.TypeCast(arg=features_node(call), typeName=ast.TypeName(
+        names=(ast.String(sval="float8"),), arrayBounds=(ast.Integer(ival=-1),), typemod=-1))
+    queries, items, where = [], [], []
+    for scope in reversed(scopes):
+        more_items, more_where = _from_items(scope, call)
+        items = items + more_items
+        where = where + more_where
+        select = ast.SelectStmt(
+            targetList=(ast.ResTarget(val=model), ast.ResTarget(val=feats)),
+            distinctClause=(None,),
+            fromClause=tuple(items) or None,
+            whereClause=(ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=tuple(where)) if len(where) > 1
+                         else (where[0] if where else None)),
+            withClause=withs[0] if withs else None,
+            op=enums.SetOperation.SETOP_NONE, limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT)
+        queries.append(deparse(select))
+    return queries
+
+
+class GeneralPredict:
+    def __init__(self, sql: str, calls: list[_Call]) -> None:
+        self.sql = sql
+        self.calls = calls
+        self.param_types: list[int] = []
+        self.columns = None
+
+    @classmethod
+    def build(cls, stmt) -> "GeneralPredict | None":
+        stmt = copy.deepcopy(stmt)
+        _name_predict_columns(stmt)
+        found: list = []
+        _walk(stmt, [], found)
+        withs = [s.withClause for s in ([stmt] + [getattr(stmt, "query", None)])
+                 if s is not None and getattr(s, "withClause", None) is not None]
+        calls = []
+        for node, scopes in found:
+            name = node.funcname[-1].sval.lower()
+            if name not in _FUNCTIONS or not node.args:
+                raise PgError(sqlstate.FEATURE_NOT_SUPPORTED,
+                              f"pgml.{name} cannot be used inside a query over tables",
+                              hint="Only pgml.predict, pgml.predict_proba and pgml.predict_joint run per row.")
+            if not scopes:
+                return None
+            calls.append((node, _Call(name, model_node(node), features_node(node),
+                                      _pass_one_queries(node, scopes, withs))))
+        if not calls:
+            return None
+        for node, call in calls:
+            _replace(stmt, node, _lookup(call))
+        return cls(deparse(stmt), [c for _, c in calls])
+
+    # -- pass one
+
+    async def _collect(self, session, call: _Call, raw_params, param_oids, done: set) -> None:
+        last_error = None
+        for query in call.passes:
+            if (call.function, query) in done:      # the same pairs were collected for an earlier call
+                return
+            try:
+                data = await _copy_out(session, f"COPY ({query}) TO STDOUT (FORMAT binary)", raw_params, param_oids)
+                break
+            except PgError as err:
+                if err.sqlstate not in ("42P01", "42703", "42P10", "42803"):
+                    raise
+                last_error = err
+        else:
+            raise PgError(sqlstate.FEATURE_NOT_SUPPORTED,
+                          "pgml-server could not work out which rows this pgml.predict call needs",
+                          detail=last_error.message if last_error else None,
+                          hint="Supported: predict in the target list, WHERE, ORDER BY, GROUP BY, aggregates, "
+                               "CTEs, subqueries, LATERAL joins, CREATE TABLE AS, INSERT … SELECT, UPDATE … SET.")
+        done.add((call.function, query))
+        models, feats = _parse_pairs(data)
+        if models:
+            await _store(session, call.function, models, feats)
+
+    async def _prepare(self, session, raw_params=None, param_oids=None) -> None:
+        await session_executor(session).execute(_CREATE)
+        await session_executor(session).execute(f"TRUNCATE {TEMP_TABLE}")
+        done: set = set()
+        for call in self.calls:
+            await self._collect(session, call, raw_params, param_oids, done)
+
+    # -- pass two
+
+    async def run_simple(self, session, sql: str) -> None:
+        if session.tx_status == "E":
+            raise PgError(sqlstate.IN_FAILED_SQL_TRANSACTION,
+                          "current transaction is aborted, commands ignored until end of transaction block")
+        await self._prepare(session)
+        await _relay(session, self.sql, None, None, [0], describe=True)
+
+    async def run_extended(self, session, portal) -> None:
+        raw = portal.raw_params
+        oids = portal.prepared.param_oids
+        await self._prepare(session, raw, oids)
+        await _relay(session, self.sql, raw, oids, portal.result_formats, describe=False)
+
+    async def describe(self, session, prepared, portal) -> bytes:
+        await session_executor(session).execute(_CREATE)
+        oids = list(prepared.param_oids) if prepared is not None else list(portal.prepared.param_oids)
+        consumer = _Collect()
+        use_sync = not session.batch_dirty
+        data = b"".join((m.Close("S", _STMT).encode(), m.Parse(_STMT, self.sql, oids).encode(),
+                         m.Describe("S", _STMT).encode(), m.Close("S", _STMT).encode(),
+                         _SYNC if use_sync else _FLUSH))
+        session.send_internal(data, [pq.EXT] * 4 + ([pq.SYNC] if use_sync else []), consumer)
+        await consumer.done
+        if consumer.error is not None:
+            raise consumer.error
+        fields = consumer.fields or []
+        if portal is not None:
+            fields = [m.FieldDescription(f.name, f.table_oid, f.column_attr, f.type_oid, f.type_size, f.type_mod,
+                                         _fmt(portal.result_formats, i)) for i, f in enumerate(fields)]
+            return m.RowDescription(fields).encode() if fields else m.NoData().encode()
+        if prepared is not None:
+            prepared.param_oids = [o or types.TEXT for o in consumer.param_oids]
+        desc = m.ParameterDescription(prepared.param_oids).encode()
+        return desc + (m.RowDescription(fields).encode() if fields else m.NoData().encode())
+
+
+def _name_predict_columns(node) -> None:
+    """Keep PostgreSQL's default column name (the function's) once the call becomes a lookup."""
+    if isinstance(node, ast.ResTarget) and node.name is None and is_pgml_call(node.val):
+        node.name = node.val.funcname[-1].sval.lower()
+    if isinstance(node, ast.Node):
+        for name in node:
+            _name_predict_columns(getattr(node, name))
+    elif isinstance(node, tuple):
+        for item in node:
+            _name_predict_columns(item)
+
+
+def session_executor(session):
+    from .session_executor import SessionExecutor
+    return SessionExecutor(session, extended=True)
+
+
+def _lookup(call: _Call) -> ast.SubLink:
+    """(SELECT prediction FROM pg_temp.pgml_predictions WHERE model = … AND features = …)"""
+    column = _FUNCTIONS[call.function]
+    model = ast.TypeCast(arg=call.model, typeName=ast.TypeName(names=(ast.String(sval="text"),), typemod=-1))
+    feats = ast.TypeCast(arg=call.features, typeName=ast.TypeName(
+        names=(ast.String(sval="float8"),), arrayBounds=(ast.Integer(ival=-1),), typemod=-1))
+
+    def eq(col, value):
+        return ast.A_Expr(kind=enums.A_Expr_Kind.AEXPR_OP, name=(ast.String(sval="="),),
+                          lexpr=ast.ColumnRef(fields=(ast.String(sval="pgml_p"), ast.String(sval=col))), rexpr=value)
+
+    sub = ast.SelectStmt(
+        targetList=(ast.ResTarget(val=ast.ColumnRef(fields=(ast.String(sval="pgml_p"), ast.String(sval=column)))),),
+        fromClause=(ast.RangeVar(schemaname="pg_temp", relname="pgml_predictions", inh=True, relpersistence="p",
+                                 alias=ast.Alias(aliasname="pgml_p")),),
+        whereClause=ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=(
+            eq("fn", ast.A_Const(isnull=False, val=ast.String(sval=call.function))),
+            eq("model", model), eq("features", feats))),
+        op=enums.SetOperation.SETOP_NONE, limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT)
+    return ast.SubLink(subLinkType=enums.SubLinkType.EXPR_SUBLINK, subselect=sub)
+
+
+def _replace(node, target, replacement) -> bool:
+    """Replace `target` (by identity) inside the tree; tuples are rebuilt, they are immutable."""
+    if not isinstance(node, ast.Node):
+        return False
+    for name in node:
+        value = getattr(node, name)
+        if value is target:
+            setattr(node, name, replacement)
+            return True
+        if isinstance(value, tuple):
+            if any(item is target for item in value):
+                setattr(node, name, tuple(replacement if item is target else item for item in value))
+                return True
+            if any(_replace(item, target, replacement) for item in value):
+                return True
+        elif _replace(value, target, replacement):
+            return True
+    return False
+
+
+async def _copy_out(session, sql: str, raw, param_oids) -> bytes:
+    consumer = _Collect()
+    use_sync = not session.batch_dirty
+    params = list(raw.params) if raw is not None else []
+    formats = list(raw.param_formats) if raw is not None else []
+    data = b"".join((
+        m.Close("S", _STMT).encode(),
+        m.Parse(_STMT, sql, list(param_oids or [])).encode(),
+        m.Bind(_STMT, _STMT, formats, params, []).encode(),
+        m.Execute(_STMT, 0).encode(),
+        m.Close("S", _STMT).encode(),
+        _SYNC if use_sync else _FLUSH))
+    session.send_internal(data, [pq.EXT] * 5 + ([pq.SYNC] if use_sync else []), consumer)
+    await consumer.done
+    if consumer.error is not None:
+        raise consumer.error
+    return b"".join(consumer.copy)
+
+
+def _parse_pairs(data: bytes) -> tuple[list[str], list[bytes]]:
+    """Binary COPY of (text, float8[]) rows → model names and raw feature arrays."""
+    pos = 19
+    ext = _I32.unpack_from(data, 15)[0] if len(data) >= 19 else 0
+    pos += ext
+    models, feats = [], []
+    unpack16, unpack32 = _I16.unpack_from, _I32.unpack_from
+    while pos < len(data):
+        n = unpack16(data, pos)[0]
+        pos += 2
+        if n == -1:
+            break
+        vals = []
+        for _ in range(n):
+            length = unpack32(data, pos)[0]
+            pos += 4
+            vals.append(None if length < 0 else data[pos:pos + length])
+            pos += max(length, 0)
+        if vals[0] is None or vals[1] is None:
+            continue      # NULL model or features: the lookup yields NULL, as predict of NULL would
+        models.append(vals[0].decode())
+        feats.append(vals[1])
+    return models, feats
+
+
+async def _store(session, function: str, models: list[str], feats: list[bytes]) -> None:
+    from .functions.predict import model_for
+    from .local import CallContext
+    ctx = CallContext(session, extended=True)
+    lines = []
+    by_model: dict[str, list[int]] = {}
+    for i, name in enumerate(models):
+        by_model.setdefault(name, []).append(i)
+    for name, rows in by_model.items():
+        entry = model_for(ctx, name)
+        model: CachedModel = entry if isinstance(entry, CachedModel) else await entry
+        X = check_features(model, decode_float8_arrays([feats[i] for i in rows]))
+        pred = model.plan.predict_proba(X) if function == "predict_proba" else model.plan.predict(X)
+        pred = np.asarray(pred, dtype=np.float64)
+        for j, i in enumerate(rows):
+            f = types.encode(types.ARRAY_OF[types.FLOAT8], types.decode(types.ARRAY_OF[types.FLOAT8],
+                                                                        feats[i], True), False).decode()
+            if function == "predict":
+                lines.append(f"{function}\t{_copy_text(name)}\t{f}\t{repr(float(np.ravel(pred[j])[0]))}\t\\N\n")
+            else:
+                arr = "{" + ",".join(repr(float(v)) for v in np.ravel(pred[j])) + "}"
+                lines.append(f"{function}\t{_copy_text(name)}\t{f}\t\\N\t{arr}\n")
+    await session_executor(session).copy_in(TEMP_TABLE, ["fn", "model", "features", "prediction", "prediction_array"],
+                                            "".join(lines).encode(), "text")
+
+
+def _copy_text(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+class _Collect(Consumer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.copy: list[bytes] = []
+        self.fields = None
+        self.param_oids: list[int] = []
+        self.error: PgError | None = None
+
+    def on_message(self, t: int, payload: bytes) -> None:
+        if t == 0x64:
+            self.copy.append(bytes(payload))
+        elif t == 0x74:
+            self.param_oids = m.ParameterDescription.decode(payload).oids
+        elif t == 0x54:
+            self.fields = m.RowDescription.decode(payload).fields
+        elif t == 0x45 and self.error is None:
+            self.error = PgError.from_fields(m.ErrorResponse.decode(payload).fields)
+
+
+class _Relay(Consumer):
+    """Pass-two answers go to the client as they come (RowDescription only in the simple protocol)."""
+
+    def __init__(self, session, describe: bool) -> None:
+        super().__init__()
+        self.session = session
+        self.describe = describe
+        self.error: PgError | None = None
+
+    def on_message(self, t: int, payload: bytes) -> None:
+        if t in (0x31, 0x32, 0x33):     # Parse/Bind/CloseComplete: ours, not the client's
+            return
+        if t == 0x54 and not self.describe:
+            return
+        if t == 0x6E:                   # NoData
+            return
+        if t == 0x45:
+            if self.error is None:
+                self.error = PgError.from_fields(m.ErrorResponse.decode(payload).fields)
+            return
+        self.session.emit(bytes((t,)) + _I32.pack(len(payload) + 4) + bytes(payload))
+        if t == 0x43:
+            self.session.flush_client()
+
+
+async def _relay(session, sql: str, raw, param_oids, result_formats, *, describe: bool) -> None:
+    consumer = _Relay(session, describe)
+    use_sync = not session.batch_dirty
+    params = list(raw.params) if raw is not None else []
+    formats = list(raw.param_formats) if raw is not None else []
+    parts = [m.Close("S", _STMT).encode(), m.Parse(_STMT, sql, list(param_oids or [])).encode(),
+             m.Bind(_STMT, _STMT, formats, params, list(result_formats)).encode()]
+    if describe:
+        parts.append(m.Describe("P", _STMT).encode())
+    parts += [m.Execute(_STMT, 0).encode(), m.Close("S", _STMT).encode(), _SYNC if use_sync else _FLUSH]
+    session.send_internal(b"".join(parts), [pq.EXT] * (6 if describe else 5) + ([pq.SYNC] if use_sync else []),
+                          consumer)
+    await consumer.done
+    if consumer.error is not None:
+        raise consumer.error
