@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import inspect
 import struct
+
+import numpy as np
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +67,26 @@ class CallContext:
     def transaction_block(self) -> bool:
         """True inside BEGIN … COMMIT or inside a pipeline that already ran statements."""
         return self.session.tx_status != "I" or (self.extended and self.session.batch_dirty)
+
+
+# ---------------------------------------------------------------- parameters
+
+_FLOAT_ARRAYS = {types.ARRAY_OF[types.FLOAT8]: ">f8", types.ARRAY_OF[types.FLOAT4]: ">f4"}
+
+
+def decode_param(oid: int, data, binary: bool) -> Any:
+    """A bound parameter as a Python value; a binary float array without NULLs goes straight into
+    numpy (the hot path of a prepared pgml.predict: no per-element Python work)."""
+    if binary and oid in _FLOAT_ARRAYS:
+        raw = bytes(data)
+        ndim, has_null = _I32.unpack_from(raw, 0)[0], _I32.unpack_from(raw, 4)[0]
+        if ndim == 1 and not has_null:
+            count = _I32.unpack_from(raw, 12)[0]
+            width = 8 if oid == types.ARRAY_OF[types.FLOAT8] else 4
+            body = np.frombuffer(raw, np.dtype([("len", ">i4"), ("v", _FLOAT_ARRAYS[oid])]), count, 20)
+            if len(body) == count and (body["len"] == width).all():
+                return body["v"].astype(np.float64)
+    return types.decode(oid, bytes(data), binary)
 
 
 # ---------------------------------------------------------------- result encoding
@@ -308,9 +330,9 @@ class LocalRunner:
         formats = msg.param_formats
         rewritten = prepared.route.kind == REWRITE
         try:
-            params = [None if v is None or (rewritten and not oids[i]) else types.decode(
-                oids[i] or types.TEXT, bytes(v), bool(formats[0] if len(formats) == 1 else
-                                                     (formats[i] if i < len(formats) else 0)))
+            params = [None if v is None or (rewritten and not oids[i]) else decode_param(
+                oids[i] or types.TEXT, v, bool(formats[0] if len(formats) == 1 else
+                                              (formats[i] if i < len(formats) else 0)))
                 for i, v in enumerate(msg.params)]
         except PgError as err:
             self._error(err)

@@ -358,7 +358,9 @@ class Session:
         self.emit(err.to_response())
         try:
             if item.extended:
-                if self.tx_status != "I" or self.batch_dirty:
+                # Unless the upstream already skips to Sync, make it fail too, so the transaction
+                # (explicit, or the pipeline's implicit one) ends exactly as PostgreSQL would end it.
+                if not self.failed_until_sync and (self.tx_status != "I" or self.batch_dirty):
                     await self.run_internal_failure(extended=True)
                 self.failed_until_sync = True
             else:
@@ -372,7 +374,8 @@ class Session:
     async def run_internal_failure(self, *, extended: bool) -> None:
         consumer = _Discard()
         if extended:
-            self.send_internal(m.Parse("", _FAIL_SQL, []).encode() + _FLUSH, [pq.EXT], consumer)
+            # A named statement: a failed Parse creates nothing and leaves the client's unnamed one alone.
+            self.send_internal(m.Parse("__pgml_fail", _FAIL_SQL, []).encode() + _FLUSH, [pq.EXT], consumer)
         else:
             self.send_internal(m.Query(_FAIL_SQL).encode(), [pq.SIMPLE], consumer)
         await consumer.done
@@ -455,6 +458,10 @@ class Session:
         self._flush_client()
         if self.queue and isinstance(self.queue[0], LocalItem):
             self._drain()
+            self._flush_client()
+        if not self.blocked and self.framer.buffered():
+            # An upstream error may have dropped the local step the pump was waiting for.
+            self._pump()
             self._flush_client()
 
     def _account(self, t: int, head, payload) -> None:

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+import numpy as np
+
 from protocol import sqlstate, types
 from protocol.errors import PgError
 
@@ -98,7 +100,7 @@ def coerce(value: Any, oid: int, what: str) -> Any:
         if oid == types.ARRAY_OF[types.TEXT]:
             return [str(v) for v in (value if isinstance(value, list) else [value])]
         if oid in (types.ARRAY_OF[types.FLOAT4], types.ARRAY_OF[types.FLOAT8]):
-            return value if isinstance(value, list) else [value]
+            return value if isinstance(value, (list, np.ndarray)) else [value]
     except (TypeError, ValueError, json.JSONDecodeError) as exc:
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE,
                       f"invalid value for argument {what} of type {type_name(oid)}: {value!r}",
