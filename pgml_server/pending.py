@@ -27,8 +27,15 @@ class Consumer:
         self.outstanding = 0
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()
 
+    # A consumer with bulk = True gets runs of DataRows through on_rows(buf, start, end) and
+    # returns where it stopped (start when it took none); the rest come one by one.
+    bulk = False
+
     def on_message(self, msg_type: int, payload: bytes) -> None:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def on_rows(self, buf: bytes, start: int, end: int) -> int:  # pragma: no cover - interface
+        return start
 
     def item_finished(self) -> None:
         self.outstanding -= 1

@@ -438,6 +438,14 @@ class Session:
                     self.relay_left = end - n
                     pos = n
                 break
+            if consumer is not None and t == 0x44 and consumer.bulk:
+                # A run of DataRows for a consumer that can take them as one block (vectorised).
+                after = consumer.on_rows(buf, pos, n)
+                if after > pos:
+                    if pos > run:
+                        out.append(buf[run:pos])
+                    pos = run = after
+                    continue
             if consumer is not None:
                 if pos > run:
                     out.append(buf[run:pos])
