@@ -1,0 +1,26 @@
+# pgml-server in front of the PostgreSQL named by $DATABASE_URL (see docker-compose.yml).
+# Without DATABASE_URL it starts its embedded PostgreSQL in /var/lib/pgml (a volume).
+FROM python:3.11-slim
+
+# libgomp1: OpenMP runtime that LightGBM and XGBoost load.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgomp1 \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY protocol ./protocol
+COPY pgml_server ./pgml_server
+RUN pip install --no-cache-dir . && rm -rf /src
+
+# PostgreSQL (embedded mode) refuses to run as root; the server needs no privileges either.
+RUN useradd --create-home --uid 10001 pgml && install -d -o pgml -g pgml /var/lib/pgml
+USER pgml
+WORKDIR /home/pgml
+ENV PGML_DATA_DIR=/var/lib/pgml/data \
+    PYTHONUNBUFFERED=1
+VOLUME ["/var/lib/pgml"]
+EXPOSE 5433
+
+# exec: the server gets SIGTERM itself and shuts down cleanly; --upstream only when one is set.
+CMD ["sh", "-c", "exec pgml-server --host 0.0.0.0 --port 5433 ${DATABASE_URL:+--upstream \"$DATABASE_URL\"}"]

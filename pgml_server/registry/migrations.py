@@ -1,0 +1,169 @@
+"""Versioned schema migrations of the `pgml` registry in the upstream.
+
+Each step is `(version, sql)`; `migrate()` applies the missing ones in one transaction under an
+advisory lock, so several servers starting against the same upstream at once apply each step
+exactly once, and a second run applies nothing.
+
+Privileges: USAGE on the schema and SELECT on the views go to PUBLIC (PostgresML users query
+`pgml.overview` and friends). Table privileges are the operator's choice: the migrating role owns
+the tables, and roles that train or deploy need INSERT/UPDATE on them (GRANT them, or run
+pgml-server's --upstream as the owner). `pgml.settings` holds the artifact signing key: keep it
+readable by the server's role only.
+"""
+from __future__ import annotations
+
+from ..executor import Executor
+
+# 'pgmlmigr' as a big-endian integer: fixed, so every server takes the same lock.
+MIGRATION_LOCK_KEY = int.from_bytes(b"pgmlmigr", "big")
+
+_V1 = """
+CREATE TABLE pgml.projects (
+    id bigserial PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    task text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE TABLE pgml.snapshots (
+    id bigserial PRIMARY KEY,
+    relation_name text NOT NULL,
+    y_column_name text[],
+    test_size real NOT NULL,
+    test_sampling text NOT NULL,
+    status text NOT NULL,
+    columns jsonb,
+    analysis jsonb,
+    materialized boolean NOT NULL DEFAULT true,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE TABLE pgml.models (
+    id bigserial PRIMARY KEY,
+    project_id bigint NOT NULL REFERENCES pgml.projects (id) ON DELETE CASCADE,
+    snapshot_id bigint REFERENCES pgml.snapshots (id) ON DELETE SET NULL,
+    num_features integer,
+    algorithm text NOT NULL,
+    runtime text NOT NULL DEFAULT 'python',
+    hyperparams jsonb NOT NULL DEFAULT '{}',
+    status text NOT NULL CHECK (status IN ('new', 'in_progress', 'successful', 'failed')),
+    metrics jsonb,
+    search text,
+    search_params jsonb NOT NULL DEFAULT '{}',
+    search_args jsonb NOT NULL DEFAULT '{}',
+    -- Not in PostgresML: the upstream backend that trains the model, so a restarted server can
+    -- tell a training orphaned by a crash from one still running on another replica.
+    backend_pid integer,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX models_project_id_idx ON pgml.models (project_id);
+CREATE INDEX models_snapshot_id_idx ON pgml.models (snapshot_id);
+CREATE INDEX models_in_progress_idx ON pgml.models (id) WHERE status = 'in_progress';
+CREATE TABLE pgml.deployments (
+    id bigserial PRIMARY KEY,
+    project_id bigint NOT NULL REFERENCES pgml.projects (id) ON DELETE CASCADE,
+    model_id bigint NOT NULL REFERENCES pgml.models (id) ON DELETE CASCADE,
+    strategy text,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX deployments_project_id_idx ON pgml.deployments (project_id, id);
+CREATE INDEX deployments_model_id_idx ON pgml.deployments (model_id);
+CREATE TABLE pgml.files (
+    id bigserial PRIMARY KEY,
+    model_id bigint NOT NULL REFERENCES pgml.models (id) ON DELETE CASCADE,
+    path text NOT NULL,
+    part integer NOT NULL,
+    data bytea NOT NULL,
+    UNIQUE (model_id, path, part)
+);
+CREATE TABLE pgml.settings (
+    key text PRIMARY KEY,
+    value text NOT NULL
+);
+CREATE VIEW pgml.overview AS
+SELECT p.name, d.created_at AS deployed_at, p.task, m.algorithm, m.runtime,
+       s.relation_name, s.y_column_name, s.test_sampling, s.test_size
+FROM pgml.projects p
+JOIN pgml.models m ON m.project_id = p.id
+JOIN pgml.deployments d ON d.project_id = p.id AND d.model_id = m.id
+JOIN pgml.snapshots s ON s.id = m.snapshot_id
+ORDER BY d.created_at DESC;
+CREATE VIEW pgml.trained_models AS
+SELECT m.id, p.name, p.task, m.algorithm, m.runtime, m.created_at
+FROM pgml.projects p
+JOIN pgml.models m ON m.project_id = p.id
+ORDER BY m.created_at DESC;
+CREATE VIEW pgml.deployed_models AS
+SELECT m.id, p.name, p.task, m.algorithm, m.runtime, d.created_at AS deployed_at
+FROM pgml.projects p
+JOIN (SELECT DISTINCT ON (project_id) project_id, model_id, created_at
+      FROM pgml.deployments ORDER BY project_id, id DESC) d ON d.project_id = p.id
+JOIN pgml.models m ON m.id = d.model_id
+ORDER BY p.name;
+GRANT USAGE ON SCHEMA pgml TO PUBLIC;
+GRANT SELECT ON pgml.overview, pgml.trained_models, pgml.deployed_models TO PUBLIC;
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, _V1),
+]
+
+_BOOTSTRAP = (
+    "CREATE SCHEMA IF NOT EXISTS pgml",
+    "CREATE TABLE IF NOT EXISTS pgml.schema_migrations ("
+    " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT clock_timestamp())",
+)
+
+
+def statements(sql: str) -> list[str]:
+    """Split a migration into statements (one per Parse, so any executor can run it).
+
+    A statement ends with a line ending in ';'; the migrations above hold no function bodies.
+    """
+    parts, current = [], []
+    for line in sql.strip().splitlines():
+        current.append(line)
+        if line.rstrip().endswith(";"):
+            parts.append("\n".join(current).rstrip().rstrip(";"))
+            current = []
+    if "".join(current).strip():
+        parts.append("\n".join(current))
+    return parts
+
+
+async def migrate(ex: Executor) -> list[int]:
+    """Apply the missing migrations; returns the versions applied now (empty when up to date)."""
+    await ex.execute("BEGIN")
+    try:
+        applied = await _apply_missing(ex)
+    except BaseException:
+        await ex.execute("ROLLBACK")
+        raise
+    await ex.execute("COMMIT")
+    return applied
+
+
+async def _apply_missing(ex: Executor) -> list[int]:
+    # The lock comes first: even CREATE SCHEMA IF NOT EXISTS races with itself.
+    await ex.execute("SELECT pg_advisory_xact_lock($1::bigint)", MIGRATION_LOCK_KEY)
+    for sql in _BOOTSTRAP:
+        await ex.execute(sql)
+    done = {row[0] for row in await ex.fetch("SELECT version FROM pgml.schema_migrations")}
+    applied = []
+    for version, sql in MIGRATIONS:
+        if version in done:
+            continue
+        for statement in statements(sql):
+            await ex.execute(statement)
+        await ex.execute("INSERT INTO pgml.schema_migrations (version) VALUES ($1::integer)", version)
+        applied.append(version)
+    return applied
+
+
+async def schema_version(ex: Executor) -> int:
+    """The highest applied migration, 0 for an upstream never migrated."""
+    exists = await ex.fetchval("SELECT to_regclass('pgml.schema_migrations') IS NOT NULL")
+    if not exists:
+        return 0
+    return await ex.fetchval("SELECT coalesce(max(version), 0) FROM pgml.schema_migrations")
