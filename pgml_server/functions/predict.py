@@ -5,7 +5,6 @@ cache miss returns a coroutine that loads the model first.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -92,11 +91,6 @@ def _features(features) -> np.ndarray:
     return X
 
 
-def _scalar(value) -> float:
-    v = float(value)
-    return v
-
-
 _PREDICT_PARAMS = [Param("project_name", ANY), Param("features", REAL_ARRAY, variadic=True)]
 
 
@@ -104,8 +98,8 @@ _PREDICT_PARAMS = [Param("project_name", ANY), Param("features", REAL_ARRAY, var
           description="predict one row with the project's deployed model (or a model id)")
 def predict(ctx, project_name, features):
     X = _features(features)
-    return with_model(ctx, project_name, lambda model: _scalar(
-        model.plan.predict(check_features(model, X))[0]))
+    return with_model(ctx, project_name, lambda model: float(
+        np.ravel(model.plan.predict(check_features(model, X)))[0]))
 
 
 @register("predict_proba", _PREDICT_PARAMS, [("predict_proba", REAL_ARRAY)],
@@ -147,6 +141,3 @@ def predict_batch(ctx, project_name, features):
         return [float(v) for v in np.ravel(out)]
     return with_model(ctx, project_name, compute)
 
-
-def is_finite(v: float) -> bool:
-    return not (math.isinf(v))
