@@ -1,0 +1,12 @@
+"""Compiled inference: fitted estimators turned into plans that predict without library overhead.
+
+`compile_plan(estimator, task, gpu=...)` returns a plan (see plan.Plan): linear models become a
+weight matrix (linear.py), tree ensembles a flat node table walked in numpy or on a GPU
+(trees.py, gpu.py), anything else wraps the estimator's own predict. This package never touches
+the registry; CuPy is imported only in gpu.py.
+"""
+from .gpu import GPU_MIN_BATCH, gpu_available
+from .plan import EstimatorPlan, MultiOutputPlan, Plan, PlanError, compile_plan
+
+__all__ = ["GPU_MIN_BATCH", "EstimatorPlan", "MultiOutputPlan", "Plan", "PlanError", "compile_plan",
+           "gpu_available"]

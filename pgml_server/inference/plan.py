@@ -1,0 +1,153 @@
+"""The plan contract, its errors, the estimator fallback, and the choice of compiler.
+
+A plan is a fitted model turned, once, into plain arrays that a prediction walks without
+scikit-learn's per-call validation: that overhead, not the arithmetic, is what a one-row
+prediction costs inside the library. Everything a compiler does not recognise becomes an
+`EstimatorPlan`, which calls the estimator itself, so every model can be served.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+from typing import Any, Protocol
+
+import numpy as np
+
+log = logging.getLogger("pgml_server.inference")
+
+GPU_MODES = ("auto", "on", "off")
+
+
+class PlanError(TypeError, ValueError):
+    """A prediction the model cannot make (no probabilities, missing values it does not accept).
+
+    Both a TypeError (the operation does not apply to this model) and a ValueError (what
+    scikit-learn raises for bad input), so callers catching either see it."""
+
+
+class Plan(Protocol):
+    num_features: int
+    task: str                      # 'regression' | 'classification'
+    classes: np.ndarray | None     # class labels of a classifier, in the order of predict_proba's columns
+    kind: str                      # 'linear' | 'trees' | 'estimator' | 'multi-output'
+    nbytes: int                    # approximate memory footprint, for the cache's byte bound
+
+    def predict(self, X: np.ndarray) -> np.ndarray: ...
+    def predict_proba(self, X: np.ndarray) -> np.ndarray: ...
+
+
+def as_rows(X: Any, num_features: int) -> np.ndarray:
+    """X as a C-contiguous float64 (n, num_features) matrix; a cheap no-op for the common case."""
+    if type(X) is not np.ndarray or X.dtype != np.float64 or X.ndim != 2 or not X.flags.c_contiguous:
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        if X.ndim == 1:
+            X = X.reshape(1, -1)
+    if X.shape[1] != num_features:
+        raise PlanError(f"the model takes {num_features} features, got {X.shape[1]}")
+    return X
+
+
+def labels_array(classes: Any) -> np.ndarray | None:
+    """Class labels as float64 where they are numbers (predictions are returned as floats), else as they are."""
+    if classes is None:
+        return None
+    classes = np.asarray(classes)
+    if classes.dtype.kind in "biuf":
+        return classes.astype(np.float64)
+    return classes
+
+
+def no_proba(plan_name: str) -> PlanError:
+    return PlanError(f"{plan_name} does not compute class probabilities")
+
+
+class EstimatorPlan:
+    """The estimator's own predict/predict_proba: correct for every model, but with its overhead."""
+
+    kind = "estimator"
+
+    def __init__(self, estimator: Any, task: str) -> None:
+        self.estimator = estimator
+        self.task = task
+        self.num_features = int(getattr(estimator, "n_features_in_", 0) or 0)
+        self.classes = labels_array(getattr(estimator, "classes_", None)) if task == "classification" else None
+        self.nbytes = _pickled_size(estimator)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        out = np.asarray(self.estimator.predict(X))
+        if out.dtype.kind in "biuf":
+            return out.astype(np.float64, copy=False)
+        return out
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        proba = getattr(self.estimator, "predict_proba", None)
+        if proba is None:
+            raise no_proba(type(self.estimator).__name__)
+        try:
+            return np.asarray(proba(X), dtype=np.float64)
+        except (AttributeError, NotImplementedError) as exc:   # e.g. SGDClassifier(loss='hinge')
+            raise PlanError(str(exc)) from None
+
+
+class MultiOutputPlan:
+    """One sub-plan per target (MultiOutputRegressor), columns side by side."""
+
+    kind = "multi-output"
+    classes = None
+
+    def __init__(self, plans: list, task: str) -> None:
+        self.plans = plans
+        self.task = task
+        self.num_features = plans[0].num_features
+        self.nbytes = sum(p.nbytes for p in plans)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.column_stack([np.ravel(p.predict(X)) for p in self.plans])
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        raise no_proba("a multi-output regressor")
+
+
+def _pickled_size(estimator: Any) -> int:
+    try:
+        return len(pickle.dumps(estimator, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:     # an unpicklable estimator still gets a nominal size
+        return 1 << 20
+
+
+def compile_plan(estimator: Any, task: str, *, gpu: str = "off") -> Plan:
+    """Compile a fitted estimator into the fastest plan that reproduces its predictions.
+
+    gpu: 'off' never uses a GPU; 'on' uses one for every batch when one is usable; 'auto' only
+    for batches large enough to repay the transfer (see gpu.GPU_MIN_BATCH)."""
+    if gpu not in GPU_MODES:
+        raise ValueError(f"gpu must be one of {GPU_MODES}, not {gpu!r}")
+    from sklearn.multioutput import MultiOutputRegressor
+    if isinstance(estimator, MultiOutputRegressor):
+        return _compile_multi_output(estimator, task, gpu)
+    plan = _compile_one(estimator, task, gpu)
+    return plan if plan is not None else EstimatorPlan(estimator, task)
+
+
+def _compile_one(estimator: Any, task: str, gpu: str):
+    from . import linear, trees
+    for compiler in (linear.compile_linear, trees.compile_trees):
+        try:
+            plan = compiler(estimator, task, gpu=gpu)
+        except Exception as exc:   # a compiler bug must not make the model unservable
+            log.warning("compiling %s failed, serving it with its own predict: %r", type(estimator).__name__, exc)
+            return None
+        if plan is not None:
+            return plan
+    return None
+
+
+def _compile_multi_output(estimator: Any, task: str, gpu: str) -> Plan:
+    from . import linear
+    merged = linear.merge_regressors(estimator.estimators_, gpu=gpu)
+    if merged is not None:
+        return merged
+    plans = [_compile_one(e, task, gpu) for e in estimator.estimators_]
+    if any(p is None for p in plans):
+        return EstimatorPlan(estimator, task)
+    return MultiOutputPlan(plans, task)
