@@ -237,6 +237,8 @@ class LocalRunner:
             return await session.forward_simple_part(sql)
         if route.kind == ERROR:
             raise route.error
+        if session.tx_status == "E":
+            raise _aborted_transaction()
         if route.kind == REWRITE:
             await route.rewrite.run_simple(session, sql)
             if last:
@@ -280,7 +282,7 @@ class LocalRunner:
         oids = [declared[i] if i < len(declared) and declared[i] else t for i, t in enumerate(inferred)]
         oids += declared[len(oids):]
         session.prepared[msg.name] = LocalPrepared(msg.name, msg.query, route, oids)
-        self._reply(_PARSE_COMPLETE)
+        self._reply_unless_aborted(_PARSE_COMPLETE)
 
     @staticmethod
     def _param_types(route: Route) -> list[int]:
@@ -343,7 +345,7 @@ class LocalRunner:
             return
         session.portals[msg.portal] = LocalPortal(msg.portal, prepared, params, list(msg.result_formats),
                                                   msg if rewritten else None)
-        self._reply(_BIND_COMPLETE)
+        self._reply_unless_aborted(_BIND_COMPLETE)
 
     def _describe(self, msg: m.Describe) -> None:
         session = self.session
@@ -413,7 +415,28 @@ class LocalRunner:
     def _reply(self, data: bytes) -> None:
         self.session.queue.append(LocalItem(data=data))
 
+    def _reply_unless_aborted(self, data: bytes) -> None:
+        """PostgreSQL refuses Parse and Bind in a failed transaction (25P02, until ROLLBACK), so must we.
+        The transaction status is certain only once every earlier ReadyForQuery has come back; while one
+        is outstanding, decide when this answer reaches the head of the queue (rare: pipelines)."""
+        session = self.session
+        if session.tx_status != "E" and not any(
+                isinstance(item, Pending) and item.kind != pq.EXT for item in session.queue):
+            self._reply(data)
+            return
+
+        async def reply() -> None:
+            if session.tx_status == "E":
+                raise _aborted_transaction()
+            session.emit(data)
+        session.push_local(LocalItem(run=reply))
+
     def _error(self, err: PgError) -> None:
         async def fail() -> None:
             raise err
         self.session.push_local(LocalItem(run=fail))
+
+
+def _aborted_transaction() -> PgError:
+    return PgError(sqlstate.IN_FAILED_SQL_TRANSACTION,
+                   "current transaction is aborted, commands ignored until end of transaction block")

@@ -162,7 +162,7 @@ class GeneralPredict:
             if (call.function, query) in done:      # the same pairs were collected for an earlier call
                 return
             try:
-                data = await _copy_out(session, f"COPY ({query}) TO STDOUT (FORMAT binary)", raw_params, param_oids)
+                data = await _fetch_binary(session, query, raw_params, param_oids)
                 break
             except PgError as err:
                 if err.sqlstate not in ("42P01", "42703", "42P10", "42803"):
@@ -283,7 +283,9 @@ def _replace(node, target, replacement) -> bool:
     return False
 
 
-async def _copy_out(session, sql: str, raw, param_oids) -> bytes:
+async def _fetch_binary(session, sql: str, raw, param_oids) -> list[bytes]:
+    """The rows of a query as binary DataRow payloads. Not COPY: COPY takes no bind parameters,
+    and pass one must see the client's $n."""
     consumer = _Collect()
     use_sync = not session.batch_dirty
     params = list(raw.params) if raw is not None else []
@@ -291,7 +293,7 @@ async def _copy_out(session, sql: str, raw, param_oids) -> bytes:
     data = b"".join((
         m.Close("S", _STMT).encode(),
         m.Parse(_STMT, sql, list(param_oids or [])).encode(),
-        m.Bind(_STMT, _STMT, formats, params, []).encode(),
+        m.Bind(_STMT, _STMT, formats, params, [1]).encode(),
         m.Execute(_STMT, 0).encode(),
         m.Close("S", _STMT).encode(),
         _SYNC if use_sync else _FLUSH))
@@ -299,21 +301,16 @@ async def _copy_out(session, sql: str, raw, param_oids) -> bytes:
     await consumer.done
     if consumer.error is not None:
         raise consumer.error
-    return b"".join(consumer.copy)
+    return consumer.rows
 
 
-def _parse_pairs(data: bytes) -> tuple[list[str], list[bytes]]:
-    """Binary COPY of (text, float8[]) rows → model names and raw feature arrays."""
-    pos = 19
-    ext = _I32.unpack_from(data, 15)[0] if len(data) >= 19 else 0
-    pos += ext
+def _parse_pairs(rows: list[bytes]) -> tuple[list[str], list[bytes]]:
+    """Binary DataRows of (text, float8[]) → model names and raw feature arrays."""
     models, feats = [], []
     unpack16, unpack32 = _I16.unpack_from, _I32.unpack_from
-    while pos < len(data):
-        n = unpack16(data, pos)[0]
-        pos += 2
-        if n == -1:
-            break
+    for data in rows:
+        n = unpack16(data, 0)[0]
+        pos = 2
         vals = []
         for _ in range(n):
             length = unpack32(data, pos)[0]
@@ -328,7 +325,7 @@ def _parse_pairs(data: bytes) -> tuple[list[str], list[bytes]]:
 
 
 async def _store(session, function: str, models: list[str], feats: list[bytes]) -> None:
-    from .functions.predict import model_for
+    from .functions.predict import authorize, model_for
     from .local import CallContext
     ctx = CallContext(session, extended=True)
     lines = []
@@ -338,6 +335,7 @@ async def _store(session, function: str, models: list[str], feats: list[bytes]) 
     for name, rows in by_model.items():
         entry = model_for(ctx, name)
         model: CachedModel = entry if isinstance(entry, CachedModel) else await entry
+        await authorize(ctx, model)
         X = check_features(model, decode_float8_arrays([feats[i] for i in rows]))
         pred = model.plan.predict_proba(X) if function == "predict_proba" else model.plan.predict(X)
         pred = np.asarray(pred, dtype=np.float64)
@@ -360,14 +358,14 @@ def _copy_text(s: str) -> str:
 class _Collect(Consumer):
     def __init__(self) -> None:
         super().__init__()
-        self.copy: list[bytes] = []
+        self.rows: list[bytes] = []
         self.fields = None
         self.param_oids: list[int] = []
         self.error: PgError | None = None
 
     def on_message(self, t: int, payload: bytes) -> None:
-        if t == 0x64:
-            self.copy.append(bytes(payload))
+        if t == 0x44:
+            self.rows.append(bytes(payload))
         elif t == 0x74:
             self.param_oids = m.ParameterDescription.decode(payload).oids
         elif t == 0x54:
@@ -390,7 +388,7 @@ class _Relay(Consumer):
             return
         if t == 0x54 and not self.describe:
             return
-        if t == 0x6E:                   # NoData
+        if t in (0x6E, 0x5A):           # NoData, and ReadyForQuery of our own Sync
             return
         if t == 0x45:
             if self.error is None:

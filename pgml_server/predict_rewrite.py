@@ -26,7 +26,7 @@ from protocol.errors import PgError
 
 from . import pending as pq
 from .cache import CachedModel
-from .functions.predict import check_features, model_for
+from .functions.predict import authorize, check_features, model_for
 from .pending import Consumer
 from .router import REWRITE, Route, deparse, is_pgml_call
 
@@ -218,8 +218,11 @@ def _formats_for(client_formats: list[int], outputs: list[_Output]) -> list[int]
 async def _resolve(session, out: _Output, params: list) -> CachedModel:
     from .local import CallContext
     project = out.model if out.param is None else params[out.param]
-    entry = model_for(CallContext(session, extended=True), project)
-    return entry if isinstance(entry, CachedModel) else await entry
+    ctx = CallContext(session, extended=True)
+    entry = model_for(ctx, project)
+    model = entry if isinstance(entry, CachedModel) else await entry
+    await authorize(ctx, model)
+    return model
 
 
 # ---------------------------------------------------------------- consumers

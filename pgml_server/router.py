@@ -218,7 +218,9 @@ def _compile_call(node: ast.FuncCall, params: dict[int, int], alias: str | None)
         return None
     positional, named = [], {}
     fixed = [p for p in fn.params if not p.variadic]
-    for i, arg in enumerate(node.args or ()):
+    args = node.args or ()
+    n_positional = sum(not isinstance(a, ast.NamedArgExpr) for a in args)
+    for i, arg in enumerate(args):
         if isinstance(arg, ast.NamedArgExpr):
             param = next((p for p in fn.params if p.name == arg.name), None)
             ev = compile_expr(arg.arg, params, param.type if param else types.TEXT)
@@ -226,7 +228,14 @@ def _compile_call(node: ast.FuncCall, params: dict[int, int], alias: str | None)
                 return None
             named[arg.name] = ev
         else:
-            expected = fixed[i].type if i < len(fixed) else _variadic_elem(fn)
+            if i < len(fixed):
+                expected = fixed[i].type
+            elif n_positional == len(fixed) + 1 and fn.params[-1].variadic:
+                # A single value where VARIADIC real[] starts: an untyped $n there is the whole
+                # feature array (what clients bind), not one feature.
+                expected = fn.params[-1].type
+            else:
+                expected = _variadic_elem(fn)
             ev = compile_expr(arg, params, expected)
             if ev is None:
                 return None

@@ -25,6 +25,7 @@ from protocol import sqlstate
 
 from .config import Config
 from .dsn import UpstreamAddress, parse_dsn
+from .predict_rewrite import rewrite
 from .router import Router
 from .session import ClientProtocol, UpstreamProtocol
 
@@ -89,7 +90,7 @@ class ServerContext:
         self.config = config
         self.upstream_dsn = upstream_dsn
         self.upstream_addr: UpstreamAddress = parse_dsn(upstream_dsn)
-        self.router = Router(rewriter=_rewriter())
+        self.router = Router(rewriter=rewrite)
         self.cancel_keys = CancelKeys(worker, runtime_dir)
         self.sessions: set["Session"] = set()
         self.tls_context = _server_tls(config)
@@ -145,14 +146,6 @@ class ServerContext:
             writer.close()
         except (OSError, asyncio.TimeoutError) as exc:
             log.warning("cancel request to the upstream failed: %s", exc)
-
-
-def _rewriter():
-    try:
-        from .predict_rewrite import rewrite
-    except ImportError:
-        return None
-    return rewrite
 
 
 def _server_tls(config: Config) -> ssl.SSLContext | None:
@@ -220,10 +213,7 @@ async def _serve_cancel_socket(ctx: ServerContext, path: Path):
 
 
 async def start_services(ctx: ServerContext) -> None:
-    try:
-        from .services import Services
-    except ImportError:
-        return
+    from .services import Services
     ctx.services = await Services.start(ctx)
 
 

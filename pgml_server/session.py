@@ -121,6 +121,7 @@ class Session:
         self.prepared: dict[str, LocalPrepared] = {}
         self.portals: dict[str, LocalPortal] = {}
         self.runner = LocalRunner(self)
+        self.readable_models: set[int] = set()   # models this client's role was seen to read
         self.startup_timer = asyncio.get_running_loop().call_later(
             ctx.config.startup_timeout, self._startup_timed_out)
         ctx.sessions.add(self)
@@ -256,6 +257,7 @@ class Session:
         out: list = []
         queue = self.queue
         framer = self.framer
+        was_blocked = self.blocked
         try:
             while not self.blocked and (frame := framer.next_frame()) is not None:
                 t = frame.type
@@ -304,10 +306,13 @@ class Session:
                     # Flush, CopyData/CopyDone/CopyFail and anything unknown: the upstream decides.
                     out.append(frame.raw)
         finally:
-            if out and self.upstream is not None:
-                if self.blocked and queue:
-                    out.append(_FLUSH)   # make the upstream answer what precedes the local step
-                self.upstream.write(b"".join(out))
+            if self.upstream is not None:
+                if self.blocked and not was_blocked and queue and not isinstance(queue[0], LocalItem):
+                    # A local step waits for the upstream's answers to what precedes it, which a
+                    # pipelining client may have sent in an earlier packet without Sync or Flush.
+                    out.append(_FLUSH)
+                if out:
+                    self.upstream.write(b"".join(out))
         self._drain()
 
     def push_local(self, item: LocalItem) -> None:

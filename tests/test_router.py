@@ -6,13 +6,14 @@ import pytest
 from protocol import sqlstate, types
 from protocol.errors import PgError
 
+from pgml_server.predict_rewrite import rewrite
 from pgml_server.router import ERROR, FORWARD, LOCAL, MULTI, REWRITE, Router
 from pgml_server.functions.base import evaluate
 
 
 @pytest.fixture(scope="module")
 def router():
-    return Router()
+    return Router(rewriter=rewrite)
 
 
 @pytest.mark.parametrize("sql, kind", [

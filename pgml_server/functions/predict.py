@@ -58,14 +58,25 @@ async def _load_model(services, model_id: int) -> CachedModel:
 
 
 def with_model(ctx, project, compute):
-    """compute(model) now when the model is cached, else after loading it."""
+    """compute(model) now when the model is cached and this session may read it, else later."""
     entry = model_for(ctx, project)
-    if isinstance(entry, CachedModel):
+    if isinstance(entry, CachedModel) and entry.model_id in ctx.session.readable_models:
         return compute(entry)
 
     async def later():
-        return compute(await entry)
+        model = entry if isinstance(entry, CachedModel) else await entry
+        await authorize(ctx, model)
+        return compute(model)
     return later()
+
+
+async def authorize(ctx, model: CachedModel) -> None:
+    """The cache is shared, the GRANTs are not: the first use of a model in a session reads its row
+    with the client's own role, so REVOKE SELECT ON pgml.models keeps a role from predicting."""
+    if model.model_id in ctx.session.readable_models:
+        return
+    await ctx.executor.fetchval("SELECT 1 FROM pgml.models WHERE id = $1::bigint", model.model_id)
+    ctx.session.readable_models.add(model.model_id)
 
 
 def check_features(model: CachedModel, X: np.ndarray) -> np.ndarray:

@@ -198,27 +198,34 @@ async def _columns(ex, snapshot) -> tuple[list[tuple[str, int]], list[tuple[str,
 
 
 async def _load(ex, snapshot, features, labels, task):
-    """Snapshot rows → (X, y) by binary COPY; arrays are flattened into their elements."""
-    exprs, oids = [], []
+    """Snapshot rows → (X, y) by binary COPY; arrays (of any dimension) are flattened into their elements."""
+    table = f"pgml.snapshot_{int(snapshot.id)}"
+    exprs, oids, names, laterals = [], [], [], []
     for name, oid in features:
-        if oid in types.ELEMENT_OF:
-            width = await ex.fetchval(f"SELECT max(cardinality({quote_ident(name)})) "
-                                      f"FROM pgml.snapshot_{int(snapshot.id)}")
-            flat = f"(ARRAY(SELECT unnest({quote_ident(name)})))::float8[]"
-            exprs += [f"({flat})[{i}]" for i in range(1, int(width or 0) + 1)]
-            oids += [types.FLOAT8] * int(width or 0)
+        if oid in types.ELEMENT_OF and types.ELEMENT_OF[oid] in _NUMERIC_TYPES:
+            col = quote_ident(name)
+            width = await ex.fetchval(f"SELECT max(cardinality({col})) FROM {table}")
+            # Flattened once per row in a LATERAL, so indexing it width times costs no re-evaluation.
+            flat = f"_flat{len(laterals)}"
+            laterals.append(f"LATERAL (SELECT ARRAY(SELECT {_as_float8('u', types.ELEMENT_OF[oid])} "
+                            f"FROM unnest(s.{col}) u) AS v) {flat}")
+            for i in range(1, int(width or 0) + 1):
+                exprs.append(f"{flat}.v[{i}]")
+                oids.append(types.FLOAT8)
+                names.append(f"{name}[{i}]")
         elif oid in _NUMERIC_TYPES:
-            exprs.append(f"{quote_ident(name)}::float8")
+            exprs.append(_as_float8(f"s.{quote_ident(name)}", oid))
             oids.append(types.FLOAT8)
+            names.append(name)
         else:
             raise PgError(sqlstate.DATATYPE_MISMATCH, f'feature column "{name}" is not numeric',
                           hint="Features must be numbers, booleans or arrays of them; cast or encode text first.")
     text_label = labels[0][1] not in _NUMERIC_TYPES
     for name, oid in labels:
-        exprs.append(quote_ident(name) if text_label else f"{quote_ident(name)}::float8")
+        exprs.append(f"s.{quote_ident(name)}::text" if text_label else _as_float8(f"s.{quote_ident(name)}", oid))
         oids.append(types.TEXT if text_label else types.FLOAT8)
-    names = [f"f{i}" for i in range(len(exprs) - len(labels))] + [l[0] for l in labels]
-    query = f"SELECT {', '.join(exprs)} FROM pgml.snapshot_{int(snapshot.id)}"
+        names.append(name)
+    query = f"SELECT {', '.join(exprs)} FROM {table} s" + "".join(f", {l}" for l in laterals)
     data = await ex.copy_out(query, "binary")
     try:
         cols = parse_copy_binary(data, oids, names)
@@ -242,6 +249,11 @@ async def _load(ex, snapshot, features, labels, task):
     if X.shape[0] == 0:
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE, f"{snapshot.relation_name} has no rows to train on")
     return X, y, classes
+
+
+def _as_float8(expr: str, oid: int) -> str:
+    # PostgreSQL has no bool → float8 cast, only bool → int4.
+    return f"{expr}::int4::float8" if oid == types.BOOL else f"{expr}::float8"
 
 
 # ---------------------------------------------------------------- snapshot and deploy
