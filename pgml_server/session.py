@@ -263,7 +263,7 @@ class Session:
                 t = frame.type
                 if self.failed_until_sync and t != S:
                     if t == X:
-                        self._close()
+                        self._client_terminated()
                         return
                     continue
                 if t == Q:
@@ -297,7 +297,7 @@ class Session:
                     self.failed_until_sync = False
                     self.batch_dirty = False
                 elif t == X:
-                    self._close()
+                    self._client_terminated()
                     return
                 elif t == F:
                     out.append(frame.raw)
@@ -590,6 +590,14 @@ class Session:
             return
         # The client is gone: stop what runs for it upstream, then release the connection.
         if self.queue and self.upstream_key is not None:
+            asyncio.ensure_future(self.ctx.cancel_upstream(*self.upstream_key))
+        self._close()
+
+    def _client_terminated(self) -> None:
+        """Terminate while answers are still owed (asyncpg's terminate(), a killed pipeline): nobody
+        will read them, so cancel what runs upstream, as for a lost client, instead of leaving the
+        backend (and its locks) busy until the statement ends on its own."""
+        if self.upstream_key is not None and any(isinstance(i, Pending) for i in self.queue):
             asyncio.ensure_future(self.ctx.cancel_upstream(*self.upstream_key))
         self._close()
 
