@@ -274,6 +274,8 @@ async def snapshot(ctx, relation_name, y_column_name, test_size, test_sampling, 
 async def deploy(ctx, project_name, strategy, algorithm):
     if isinstance(project_name, int) or (isinstance(project_name, str) and project_name.isdigit()):
         return await _deploy_id(ctx, int(project_name))
+    if strategy == "best_fit":      # the name in PostgresML's first README
+        strategy = "best_score"
     if strategy not in STRATEGIES:
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE, f"unknown deploy strategy {strategy!r}",
                       hint="The strategy is one of " + ", ".join(STRATEGIES) + ".")
