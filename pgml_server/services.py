@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from protocol.errors import PgError
+
 from . import artifacts, registry
 from .cache import CachedModel, ModelCache
 from .executor import AsyncpgExecutor
-from .inference import compile_plan
+from .inference import compile_plan, gpu_available, set_min_batch
+from .training.worker import prestart
 
 if TYPE_CHECKING:
     from .server import ServerContext
@@ -36,6 +39,9 @@ class Services:
 
     @classmethod
     async def start(cls, ctx: "ServerContext") -> "Services":
+        set_min_batch(ctx.config.gpu_min_batch)
+        if ctx.config.gpu == "on" and not gpu_available():
+            log.warning("--gpu on, but no usable GPU (CuPy and a CUDA device): predicting on the CPU")
         pool = await asyncpg.create_pool(ctx.upstream_dsn, min_size=1, max_size=4)
         async with pool.acquire() as conn:
             ex = AsyncpgExecutor(conn)
@@ -49,6 +55,9 @@ class Services:
         await services._listen()
         services._listen_task = asyncio.ensure_future(services._keep_listening())
         asyncio.ensure_future(services.warm())
+        # The training fork server takes ~1-2 s to start (it preloads scikit-learn and friends):
+        # start it now, off the event loop, rather than inside the first pgml.train.
+        asyncio.get_running_loop().run_in_executor(None, prestart)
         return services
 
     async def stop(self) -> None:
@@ -80,7 +89,11 @@ class Services:
             blob = await registry.model_artifact(ex, model_id)
         if blob is None:
             return None
-        estimator = await asyncio.get_running_loop().run_in_executor(None, artifacts.loads_model, self.key, blob)
+        try:
+            estimator = await asyncio.get_running_loop().run_in_executor(None, artifacts.loads_model, self.key, blob)
+        except artifacts.ArtifactSignatureError as exc:   # refused before unpickling: XX001, not an internal error
+            log.warning("refused model %d: %s", model_id, exc.message)
+            raise PgError(exc.sqlstate, f"model {model_id}: {exc.message}", hint=exc.hint) from None
         plan = compile_plan(estimator, meta["task"], gpu=self.ctx.config.gpu)
         log.info("loaded model %d (%s, %s plan)", model_id, meta["algorithm"], getattr(plan, "kind", "?"))
         return CachedModel(model_id, meta.get("project_name"), meta["task"], int(meta["num_features"] or 0),
@@ -91,10 +104,18 @@ class Services:
         try:
             async with self.pool.acquire() as conn:
                 rows = await conn.fetch("SELECT name FROM pgml.deployed_models")
-            for row in rows:
-                await self.cache.load_deployed(row["name"])
         except Exception as exc:   # warming is an optimisation; a broken model surfaces on predict
             log.warning("warming the model cache failed: %s", exc)
+            return
+        for row in rows:
+            if self.cache.full():      # loading more would only evict what was just warmed
+                log.info("model cache full after warming %d models; the rest load on first use", len(self.cache))
+                break
+            try:
+                await self.cache.load_deployed(row["name"])
+            except Exception as exc:   # one unloadable model (bad signature, missing library) spoils no other
+                log.warning("warming project %r failed: %s", row["name"], exc)
+        log.info("model cache warmed: %d models, %d bytes", len(self.cache), self.cache.nbytes)
 
     # -- replica consistency
 
