@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import multiprocessing
+import os
 import pickle
 import sys
 import threading
@@ -235,6 +236,12 @@ def _noop() -> None:
 
 def _worker_main(conn) -> None:
     """The worker: receive a job, run it, send progress lines and then the result or the error."""
+    try:
+        # Training is batch work; serving queries is not. A lower priority lets the server's event
+        # loop (and the upstream) keep their latency while a long training shares the cores.
+        os.nice(10)
+    except OSError:
+        pass
     try:
         job = _receive_job(conn)
         result = run_job(job, lambda message: conn.send(("progress", message)))
