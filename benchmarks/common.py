@@ -16,10 +16,15 @@ from tests.fix_servers import ServerProcess  # noqa: E402
 
 
 @contextlib.contextmanager
-def upstream_and_server(*server_args: str):
-    """An embedded PostgreSQL and one pgml-server in front of it, both stopped afterwards."""
+def upstream_and_server(*server_args: str, bin_dir: Path | None = None):
+    """An embedded PostgreSQL and one pgml-server in front of it, both stopped afterwards.
+
+    bin_dir: run the cluster from other PostgreSQL binaries (e.g. /usr/lib/postgresql/15/bin,
+    whose extensions such as plpython3u the wheel's binaries lack)."""
     with tempfile.TemporaryDirectory(prefix="pgml-bench-") as tmp:
         pg = EmbeddedPostgres(Path(tmp) / "data", fast=True)
+        if bin_dir is not None:
+            pg.bin_dir = Path(bin_dir)
         pg.start()
         server = None
         try:
@@ -45,3 +50,12 @@ def describe_machine() -> str:
 def summary(values: list[float]) -> str:
     return (f"p50 {percentile(values, 50) * 1e6:8.1f} µs  p99 {percentile(values, 99) * 1e6:8.1f} µs  "
             f"mean {statistics.fmean(values) * 1e6:8.1f} µs")
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages, to judge whether other work disturbed a run."""
+    import os
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
