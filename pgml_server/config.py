@@ -20,6 +20,7 @@ class Config:
     log_format: str = "text"            # 'text' or 'json' (structured)
     model_cache_mb: int = 1024
     gpu: str = "auto"                   # auto | on | off
+    gpu_min_batch: int = 20_000         # rows from which --gpu auto uses the GPU (inference/gpu.py: measure it)
     artifact_key: str | None = None     # hex HMAC key for model artifacts; None: kept in the upstream
     max_clients: int = 1000
     max_message_size: int = 1 << 30     # PostgreSQL's own limit for a single message
@@ -34,6 +35,16 @@ def _env(*names: str) -> str | None:
         if value:
             return value
     return None
+
+
+def _rows(text) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a number of rows: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", default=_env("PGML_LOG_FORMAT") or "text", choices=["text", "json"])
     p.add_argument("--model-cache-mb", type=int, default=int(_env("PGML_MODEL_CACHE_MB") or 1024),
                    help="bound of the in-memory model cache in MiB")
-    p.add_argument("--gpu", default=_env("PGML_GPU") or "auto", choices=["auto", "on", "off"])
+    p.add_argument("--gpu", default=_env("PGML_GPU") or "auto", choices=["auto", "on", "off"],
+                   help="CuPy inference: 'auto' for batches of at least --gpu-min-batch rows when a GPU "
+                   "exists, 'on' for every batch, 'off' never (PGML_GPU)")
+    p.add_argument("--gpu-min-batch", type=_rows, default=_env("PGML_GPU_MIN_BATCH") or 20_000,
+                   metavar="ROWS", help="batch size from which --gpu auto uses the GPU; measure it on the "
+                   "machine (benchmarks/predict.py) (PGML_GPU_MIN_BATCH, default 20000)")
     p.add_argument("--artifact-key", default=_env("PGML_ARTIFACT_KEY"),
                    help="hex HMAC key signing model artifacts (default: generated once, kept in the upstream)")
     p.add_argument("--max-clients", type=int, default=int(_env("PGML_MAX_CLIENTS") or 1000))
@@ -77,6 +93,7 @@ def from_args(argv: list[str] | None = None) -> Config:
     return Config(
         host=a.host, port=a.port, upstream=a.upstream, data_dir=Path(a.data_dir), workers=max(1, a.workers),
         tls_cert=a.tls_cert, tls_key=a.tls_key, log_level=a.log_level, log_format=a.log_format,
-        model_cache_mb=a.model_cache_mb, gpu=a.gpu, artifact_key=a.artifact_key, max_clients=a.max_clients,
+        model_cache_mb=a.model_cache_mb, gpu=a.gpu, gpu_min_batch=a.gpu_min_batch, artifact_key=a.artifact_key,
+        max_clients=a.max_clients,
         embedded_port=a.embedded_port,
     )

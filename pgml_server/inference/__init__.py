@@ -5,8 +5,8 @@ weight matrix (linear.py), tree ensembles a flat node table walked in numpy or o
 (trees.py, gpu.py), anything else wraps the estimator's own predict. This package never touches
 the registry; CuPy is imported only in gpu.py.
 """
-from .gpu import GPU_MIN_BATCH, gpu_available
+from .gpu import DEFAULT_GPU_MIN_BATCH, gpu_available, min_batch, set_min_batch
 from .plan import EstimatorPlan, MultiOutputPlan, Plan, PlanError, compile_plan
 
-__all__ = ["GPU_MIN_BATCH", "EstimatorPlan", "MultiOutputPlan", "Plan", "PlanError", "compile_plan",
-           "gpu_available"]
+__all__ = ["DEFAULT_GPU_MIN_BATCH", "EstimatorPlan", "MultiOutputPlan", "Plan", "PlanError", "compile_plan",
+           "gpu_available", "min_batch", "set_min_batch"]

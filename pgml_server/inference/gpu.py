@@ -15,8 +15,15 @@ import numpy as np
 log = logging.getLogger("pgml_server.inference.gpu")
 
 # Below this many rows, --gpu auto keeps a batch on the CPU: the host↔device copies and the
-# kernel launch cost more than the numpy walk saves. A starting value, to be measured.
-GPU_MIN_BATCH = 20_000
+# kernel launch cost more than the numpy walk saves.
+#
+# NOT MEASURED: 20 000 is a guess. The crossover depends on the device, the PCIe link, the model
+# (trees × depth) and the CPU it is compared with, and must be measured on a machine with a GPU
+# (benchmarks/predict.py's GPU section reports the batch size where the GPU starts to win). No GPU
+# was lent to the task that wrote this, so an operator sets the measured value with
+# --gpu-min-batch / PGML_GPU_MIN_BATCH (services.py applies it via set_min_batch at start-up).
+DEFAULT_GPU_MIN_BATCH = 20_000
+GPU_MIN_BATCH = DEFAULT_GPU_MIN_BATCH
 
 _available: bool | None = None
 
@@ -36,6 +43,19 @@ def _probe() -> bool:
     except Exception as exc:      # not installed, no driver, no device: all mean "no GPU"
         log.debug("no usable GPU: %r", exc)
         return False
+
+
+def set_min_batch(rows: int) -> None:
+    """Set the --gpu auto threshold for this process (rows per batch; 0 sends every batch)."""
+    global GPU_MIN_BATCH
+    if int(rows) < 0:
+        raise ValueError(f"the GPU batch threshold must be >= 0 rows, not {rows}")
+    GPU_MIN_BATCH = int(rows)
+
+
+def min_batch() -> int:
+    """The --gpu auto threshold in force (rows)."""
+    return GPU_MIN_BATCH
 
 
 def use_gpu(mode: str, n_rows: int) -> bool:

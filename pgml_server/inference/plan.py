@@ -119,7 +119,7 @@ def compile_plan(estimator: Any, task: str, *, gpu: str = "off") -> Plan:
     """Compile a fitted estimator into the fastest plan that reproduces its predictions.
 
     gpu: 'off' never uses a GPU; 'on' uses one for every batch when one is usable; 'auto' only
-    for batches large enough to repay the transfer (see gpu.GPU_MIN_BATCH)."""
+    for batches large enough to repay the transfer (gpu.min_batch(), set by --gpu-min-batch)."""
     if gpu not in GPU_MODES:
         raise ValueError(f"gpu must be one of {GPU_MODES}, not {gpu!r}")
     from sklearn.multioutput import MultiOutputRegressor
