@@ -30,6 +30,9 @@ class Consumer:
     # A consumer with bulk = True gets runs of DataRows through on_rows(buf, start, end) and
     # returns where it stopped (start when it took none); the rest come one by one.
     bulk = False
+    # A quiet consumer runs the server's own bookkeeping statements (CREATE TEMP TABLE IF NOT
+    # EXISTS, TRUNCATE, ...): their NoticeResponses are not the client's and are dropped.
+    quiet = False
 
     def on_message(self, msg_type: int, payload: bytes) -> None:  # pragma: no cover - interface
         raise NotImplementedError

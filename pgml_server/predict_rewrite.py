@@ -96,10 +96,21 @@ class StreamPredict:
         self.outputs = outputs
         self.param_types = param_types
         self.columns: list[tuple[str, int]] | None = None
+        self.ncols = max(o.index for o in outputs) + 1 if outputs else 0   # set exactly by build()
 
     @classmethod
     def build(cls, stmt) -> "StreamPredict | None":
         if not isinstance(stmt, ast.SelectStmt) or stmt.op or stmt.intoClause or not stmt.targetList:
+            return None
+        # Where PostgreSQL would look at the predictions themselves (DISTINCT, GROUP BY, HAVING,
+        # windows, ORDER BY a prediction's name or position) the one-pass rewrite would see features
+        # instead: those go to the general strategy. So do target lists with `*`, whose output
+        # column positions are only known after the upstream expands them.
+        if stmt.distinctClause or stmt.groupClause or stmt.havingClause or stmt.windowClause:
+            return None
+        if any(_is_star(t.val) for t in stmt.targetList):
+            return None
+        if stmt.sortClause and _sorts_by_prediction(stmt):
             return None
         stmt = copy.deepcopy(stmt)
         outputs, param_types = [], {}
@@ -128,7 +139,9 @@ class StreamPredict:
         if _has_pgml_call(stmt):
             return None
         n = max(param_types) if param_types else 0
-        return cls(deparse(stmt), outputs, [param_types.get(i, 0) for i in range(1, n + 1)])
+        plan = cls(deparse(stmt), outputs, [param_types.get(i, 0) for i in range(1, n + 1)])
+        plan.ncols = len(targets)
+        return plan
 
     # -- execution
 
@@ -146,7 +159,7 @@ class StreamPredict:
     async def _run(self, session, params, param_formats, client_formats, emit_description: bool,
                    model_params: list) -> None:
         models = [await _resolve(session, o, model_params) for o in self.outputs]
-        ncols_formats = _formats_for(client_formats, self.outputs)
+        ncols_formats = _formats_for(client_formats, self.outputs, self.ncols)
         consumer = _StreamConsumer(session, self, models, client_formats, emit_description)
         use_sync = not session.batch_dirty
         data = self._messages(session, params, param_formats, ncols_formats, None) + (_SYNC if use_sync else _FLUSH)
@@ -189,6 +202,29 @@ class StreamPredict:
         return m.ParameterDescription(oids).encode() + m.RowDescription(fields).encode()
 
 
+def _is_star(node) -> bool:
+    return isinstance(node, ast.ColumnRef) and any(isinstance(f, ast.A_Star) for f in node.fields)
+
+
+def _sorts_by_prediction(stmt) -> bool:
+    """ORDER BY names a prediction's output column (alias or position) rather than an expression."""
+    names, positions = set(), set()
+    for i, target in enumerate(stmt.targetList, start=1):
+        if is_pgml_call(target.val):
+            positions.add(i)
+            names.add((target.name or target.val.funcname[-1].sval).lower())
+    for sort in stmt.sortClause:
+        node = sort.node
+        if isinstance(node, ast.A_Const) and getattr(node.val, "ival", None) in positions:
+            return True
+        if isinstance(node, ast.ColumnRef) and len(node.fields) == 1 and \
+                isinstance(node.fields[0], ast.String) and node.fields[0].sval.lower() in names:
+            return True
+        if _has_pgml_call(node):
+            return True
+    return False
+
+
 def _has_pgml_call(stmt) -> bool:
     from .router import _pgml_calls
     return bool(_pgml_calls(stmt))
@@ -202,16 +238,13 @@ def _fmt(formats: list[int], i: int) -> int:
     return formats[i] if i < len(formats) else 0
 
 
-def _formats_for(client_formats: list[int], outputs: list[_Output]) -> list[int]:
-    """Result formats for the upstream: binary for feature columns, the client's choice elsewhere."""
-    n = max(o.index for o in outputs) + 1
-    if len(client_formats) > 1:
-        n = max(n, len(client_formats))
+def _formats_for(client_formats: list[int], outputs: list[_Output], ncols: int) -> list[int]:
+    """Result formats for the upstream: binary for feature columns, the client's choice elsewhere.
+    One code per column: a single code would apply to every column (PostgreSQL's rule)."""
+    n = max(ncols, max(o.index for o in outputs) + 1)
     formats = [_fmt(client_formats, i) for i in range(n)]
     for o in outputs:
         formats[o.index] = 1
-    if len(client_formats) == 1 and client_formats[0] == 1:
-        return formats    # all binary anyway
     return formats
 
 

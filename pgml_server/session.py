@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from protocol import messages as m
 from protocol import sqlstate
 from protocol.errors import PgError, ProtocolViolation, error_response, notice_response
-from protocol.framing import Framer
+from protocol.framing import FRONTEND_LIMITS, Framer
 
 from . import pending as pq
 from .local import LocalPortal, LocalPrepared, LocalRunner
@@ -116,6 +116,7 @@ class Session:
         self.tx_status = "I"
         self.batch_dirty = False        # an Execute ran since the last Sync (implicit transaction open)
         self.failed_until_sync = False  # extended protocol error: discard client messages until Sync
+        self.unsynced = False           # a client message went upstream since the client's last Sync
         self.blocked = False            # a local coroutine owns the session; client frames wait
         self.local_task: asyncio.Task | None = None
         self.prepared: dict[str, LocalPrepared] = {}
@@ -258,6 +259,7 @@ class Session:
         queue = self.queue
         framer = self.framer
         was_blocked = self.blocked
+        synced_at = 0                   # len(out) at this pump's last Sync
         try:
             while not self.blocked and (frame := framer.next_frame()) is not None:
                 t = frame.type
@@ -292,8 +294,17 @@ class Session:
                         out.append(frame.raw)
                         queue.append(Pending(pq.EXT))
                 elif t == S:
-                    out.append(frame.raw)
-                    queue.append(Pending(pq.SYNC))
+                    if (self.unsynced or len(out) > synced_at or self.failed_until_sync
+                            or any(type(item) is Pending for item in queue)):
+                        out.append(frame.raw)
+                        queue.append(Pending(pq.SYNC))
+                    else:
+                        # Only local messages since the last Sync (a prepared pgml.predict): the upstream
+                        # has no implicit transaction to end and every answer it owed has arrived, so its
+                        # status is known. Answering here keeps the hot path off the upstream.
+                        queue.append(LocalItem(data=m.ready_for_query(self.tx_status)))
+                    synced_at = len(out)
+                    self.unsynced = False
                     self.failed_until_sync = False
                     self.batch_dirty = False
                 elif t == X:
@@ -306,6 +317,8 @@ class Session:
                     # Flush, CopyData/CopyDone/CopyFail and anything unknown: the upstream decides.
                     out.append(frame.raw)
         finally:
+            if len(out) > synced_at:
+                self.unsynced = True
             if self.upstream is not None:
                 if self.blocked and not was_blocked and queue and not isinstance(queue[0], LocalItem):
                     # A local step waits for the upstream's answers to what precedes it, which a
@@ -443,6 +456,13 @@ class Session:
                     self.relay_left = end - n
                     pos = n
                 break
+            if t == 0x4E and end <= n and head is not None and head.consumer is not None \
+                    and head.consumer.quiet:
+                # A notice raised by the server's own bookkeeping statement: not the client's.
+                if pos > run:
+                    out.append(buf[run:pos])
+                pos = run = end
+                continue
             if consumer is not None and t == 0x44 and consumer.bulk:
                 # A run of DataRows for a consumer that can take them as one block (vectorised).
                 after = consumer.on_rows(buf, pos, n)
@@ -531,6 +551,9 @@ class Session:
                 self.out.append(buf[pos:end])
                 self.phase = "ready"
                 self.startup_timer.cancel()
+                # PostgreSQL's per-type length limits from now on: an unknown type byte or an
+                # oversized Sync/Describe/... closes the connection at once instead of waiting.
+                self.framer.type_limits = FRONTEND_LIMITS
                 pos = end
                 break
             else:

@@ -58,6 +58,8 @@ def decode_text_value(oid: int, data: bytes | None) -> Any:
 class _Collector(Consumer):
     """Collects one internal statement's results: columns, rows, command tag, COPY data, error."""
 
+    quiet = True
+
     def __init__(self) -> None:
         super().__init__()
         self.oids: list[int] = []

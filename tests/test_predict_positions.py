@@ -1,0 +1,69 @@
+"""Predictions mixed with other columns: formats, `*`, ORDER BY a prediction, DISTINCT, and no
+notices from the server's own bookkeeping statements."""
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+FEATURES = "ARRAY[age,sex,bmi,bp,s1,s2,s3,s4,s5,s6]"
+ONE = "ARRAY[0.03,0.05,0.06,0.02,-0.04,-0.03,-0.04,-0.002,0.02,-0.017]"
+
+
+@pytest.fixture(scope="module")
+def conn(server):
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        c.execute("SELECT pgml.load_dataset('diabetes')")
+        c.execute("SELECT * FROM pgml.train('pos-reg', 'regression', 'pgml.diabetes', 'target', 'ridge')")
+        yield c
+
+
+@pytest.fixture(scope="module")
+def expected(conn):
+    """Predictions by ctid, computed one row at a time with constant features."""
+    rows = conn.execute(f"SELECT ctid::text, {FEATURES}::float8[] FROM pgml.diabetes").fetchall()
+    out = {}
+    for ctid, feats in rows:
+        out[ctid] = conn.execute("SELECT pgml.predict('pos-reg', %s::float8[])", (feats,)).fetchone()[0]
+    return out
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_other_columns_keep_their_types_in_text_and_binary(conn, binary):
+    cur = conn.cursor(binary=binary)
+    row = cur.execute(f"SELECT pgml.predict('pos-reg', {ONE}), now() IS NOT NULL AS t, 'x'::text AS y, 7 AS n"
+                      ).fetchone()
+    assert isinstance(row[0], float) and row[1:] == (True, "x", 7)
+    rows = cur.execute(f"SELECT sex > 0 AS male, pgml.predict('pos-reg', {FEATURES}), target "
+                       "FROM pgml.diabetes LIMIT 3").fetchall()
+    assert all(isinstance(r[0], bool) and isinstance(r[1], float) and isinstance(r[2], (int, float)) for r in rows)
+
+
+def test_star_and_order_by_the_prediction(conn, expected):
+    rows = conn.execute(f"SELECT ctid::text AS id, *, pgml.predict('pos-reg', {FEATURES}) AS score "
+                        "FROM pgml.diabetes ORDER BY score DESC LIMIT 25").fetchall()
+    top = sorted(expected, key=expected.get, reverse=True)[:25]
+    assert [r[0] for r in rows] == top
+    assert all(r[-1] == pytest.approx(expected[r[0]]) for r in rows)
+    by_position = conn.execute(f"SELECT ctid::text, pgml.predict('pos-reg', {FEATURES}) FROM pgml.diabetes "
+                               "ORDER BY 2 LIMIT 5").fetchall()
+    assert [r[0] for r in by_position] == sorted(expected, key=expected.get)[:5]
+
+
+def test_distinct_predictions(conn, expected):
+    n = conn.execute(f"SELECT count(*) FROM (SELECT DISTINCT pgml.predict('pos-reg', {FEATURES}) "
+                     "FROM pgml.diabetes) d").fetchone()[0]
+    assert n == len({round(v, 3) for v in expected.values()}) or n == len(set(expected.values()))
+
+
+def test_no_bookkeeping_notices_reach_the_client(conn):
+    notices: list[str] = []
+    def handler(diag):
+        notices.append(diag.message_primary)
+    conn.add_notice_handler(handler)
+    try:
+        for _ in range(2):
+            conn.execute(f"SELECT count(*) FROM pgml.diabetes WHERE pgml.predict('pos-reg', {FEATURES}) > 100")
+        conn.execute("DO $$ BEGIN RAISE NOTICE 'the client''s own'; END $$")
+    finally:
+        conn.remove_notice_handler(handler)
+    assert notices == ["the client's own"]
