@@ -39,19 +39,29 @@ class ModelCache:
         self._deployed: dict[str, int] = {}          # project name → deployed model id
         self._bytes = 0
         self._loading: dict[tuple, asyncio.Future] = {}
+        # Counters for pgml.cache_stats(): lookups answered from memory or not, models read from
+        # the upstream, entries dropped to stay under max_bytes.
+        self.hits = 0
+        self.misses = 0
+        self.loads = 0
+        self.evictions = 0
 
     # -- synchronous lookups (the hot path)
 
     def deployed(self, project: str) -> CachedModel | None:
         model_id = self._deployed.get(project)
-        if model_id is None:
-            return None
-        return self.model(model_id)
+        entry = None if model_id is None else self._models.get(model_id)
+        return self._counted(model_id, entry)
 
     def model(self, model_id: int) -> CachedModel | None:
-        entry = self._models.get(model_id)
-        if entry is not None:
-            self._models.move_to_end(model_id)
+        return self._counted(model_id, self._models.get(model_id))
+
+    def _counted(self, model_id, entry: CachedModel | None) -> CachedModel | None:
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._models.move_to_end(model_id)
         return entry
 
     # -- loading
@@ -75,6 +85,7 @@ class ModelCache:
         try:
             entry = await load()
             if entry is not None:
+                self.loads += 1
                 self._insert(entry)
             fut.set_result(entry)
             return entry
@@ -94,6 +105,7 @@ class ModelCache:
         while self._bytes > self._max_bytes and len(self._models) > 1:
             _, evicted = self._models.popitem(last=False)
             self._bytes -= evicted.nbytes
+            self.evictions += 1
             log.info("evicted model %d from the cache (%d bytes)", evicted.model_id, evicted.nbytes)
 
     # -- invalidation
@@ -110,6 +122,18 @@ class ModelCache:
     @property
     def nbytes(self) -> int:
         return self._bytes
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
+    def full(self) -> bool:
+        """True when one more model would evict another (warm-up stops there)."""
+        return self._bytes >= self._max_bytes
+
+    def model_ids(self) -> list[int]:
+        """Cached model ids, least recently used first."""
+        return list(self._models)
 
     def __len__(self) -> int:
         return len(self._models)

@@ -1,12 +1,34 @@
-"""pgml.version(): the first local function, and the smallest example of one."""
+"""pgml.version(): the first local function, and the smallest example of one; pgml.cache_stats()."""
 from __future__ import annotations
 
-from protocol import types
+from protocol import sqlstate, types
+from protocol.errors import PgError
 
 from .. import __version__
+from ..inference import gpu
 from .base import register
 
 
 @register("version", [], [("version", types.TEXT)], description="the pgml-server version")
 def version(ctx) -> str:
     return __version__
+
+
+_INT8 = types.INT8
+
+
+@register("cache_stats", [], [
+    ("models", _INT8), ("bytes", _INT8), ("max_bytes", _INT8), ("hits", _INT8), ("misses", _INT8),
+    ("loads", _INT8), ("evictions", _INT8), ("model_ids", types.ARRAY_OF[_INT8]), ("gpu", types.TEXT),
+    ("gpu_available", types.BOOL), ("gpu_min_batch", _INT8),
+], description="this server process's model cache: size, bound, counters, cached model ids; GPU settings")
+def cache_stats(ctx):
+    """The answering process's own cache (with --workers N each worker has one)."""
+    services = ctx.server.services
+    if services is None:
+        raise PgError(sqlstate.OBJECT_NOT_IN_PREREQUISITE_STATE, "the pgml registry is not available",
+                      hint="Check the server log: the registry migrations or the upstream connection failed.")
+    cache = services.cache
+    mode = ctx.server.config.gpu
+    return (len(cache), cache.nbytes, cache.max_bytes, cache.hits, cache.misses, cache.loads, cache.evictions,
+            cache.model_ids(), mode, mode != "off" and gpu.gpu_available(), gpu.min_batch())
