@@ -19,11 +19,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 NOT_BENCHMARKS = {"common", "run_all"}
 EXCLUDED_PREFIXES = ("soak",)          # long-running stability tests, not benchmarks
-ORDER = ["forwarding", "predict", "train"]
+ORDER = ["forwarding", "predict", "train", "train_interference"]
 QUICK_ARGS = {
     "forwarding": ["--seconds", "5"],
     "predict": ["--rows", "200000", "--seconds", "2", "--plpython-rows", "10000"],
     "train": ["--rows", "200000"],
+    "train_interference": ["--seconds", "5", "--train-rows", "100000"],
 }
 
 
