@@ -123,6 +123,7 @@ class Session:
         self.portals: dict[str, LocalPortal] = {}
         self.runner = LocalRunner(self)
         self.readable_models: set[int] = set()   # models this client's role was seen to read
+        self._frame_type = 0                      # type of the frame being routed (for _malformed)
         self.startup_timer = asyncio.get_running_loop().call_later(
             ctx.config.startup_timeout, self._startup_timed_out)
         ctx.sessions.add(self)
@@ -255,6 +256,34 @@ class Session:
 
     def _pump(self) -> None:
         """Route every buffered client message until a local coroutine must run first."""
+        # The pump also runs after a local step and on upstream data, outside on_client_data's
+        # handler: a framing error (bad length or type byte) met there must still end the
+        # connection with its FATAL, not vanish in a task and leave the client hanging (fuzz).
+        while True:
+            try:
+                self._pump_frames()
+                return
+            except PgError as err:
+                if err.severity == "FATAL" or self.phase != "ready":
+                    self._fatal(err)
+                    return
+                self._malformed(err)
+            except UnicodeDecodeError:
+                self._malformed(PgError(sqlstate.CHARACTER_NOT_IN_REPERTOIRE,
+                                        'invalid byte sequence for encoding "UTF8"'))
+            except ValueError:     # a missing NUL met while peeking at statement and portal names
+                self._malformed(ProtocolViolation("invalid message format"))
+
+    def _malformed(self, err: PgError) -> None:
+        """A malformed message on the local path (a pgml statement or a name a local one owns):
+        PostgreSQL answers ERROR and goes on (skipping to Sync in the extended protocol), so the
+        error takes its place in the FIFO rather than closing the connection (found by the fuzz)."""
+        async def fail() -> None:
+            raise err
+        self.push_local(LocalItem(run=fail, extended=self._frame_type != Q))
+        self._drain()
+
+    def _pump_frames(self) -> None:
         out: list = []
         queue = self.queue
         framer = self.framer
@@ -262,7 +291,7 @@ class Session:
         synced_at = 0                   # len(out) at this pump's last Sync
         try:
             while not self.blocked and (frame := framer.next_frame()) is not None:
-                t = frame.type
+                t = self._frame_type = frame.type
                 if self.failed_until_sync and t != S:
                     if t == X:
                         self._client_terminated()
@@ -294,7 +323,8 @@ class Session:
                         out.append(frame.raw)
                         queue.append(Pending(pq.EXT))
                 elif t == S:
-                    if (self.unsynced or len(out) > synced_at or self.failed_until_sync
+                    # (a Sync with a body is malformed: the upstream answers it with 08P01; fuzz)
+                    if (self.unsynced or len(out) > synced_at or self.failed_until_sync or len(frame.payload)
                             or any(type(item) is Pending for item in queue)):
                         out.append(frame.raw)
                         queue.append(Pending(pq.SYNC))

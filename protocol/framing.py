@@ -24,6 +24,16 @@ _I32 = Struct("!i")
 MAX_STARTUP_SIZE = 10000
 # A startup packet holds at least its own length and a 4-byte protocol code.
 _MIN_STARTUP_LENGTH = 8
+# PostgreSQL's PQ_LARGE_MESSAGE_LIMIT (MaxAllocSize - 1) and PQ_SMALL_MESSAGE_LIMIT: the largest
+# length word (counting itself) its backend accepts for each frontend message type. Found by the
+# live fuzz (tests/test_fuzz_protocol.py): PostgreSQL rejects an unknown type byte, or a Sync/
+# Describe/... longer than 10000, as soon as the header arrives; waiting for the body hung instead.
+MAX_LARGE_MESSAGE = 0x3FFFFFFE
+MAX_SMALL_MESSAGE = 10000
+FRONTEND_LIMITS = {
+    **{ord(t): MAX_LARGE_MESSAGE for t in "QFBPd"},
+    **{ord(t): MAX_SMALL_MESSAGE for t in "XCDEHScf"},
+}
 
 
 class Frame(NamedTuple):
@@ -40,10 +50,13 @@ class Framer:
     def __init__(
         self,
         startup: bool = False,
-        max_message_size: int = 1 << 30,
+        max_message_size: int = MAX_LARGE_MESSAGE,
         max_startup_size: int = MAX_STARTUP_SIZE,
     ) -> None:
         self._typed = not startup
+        # Optional {type byte: largest length}; when set, other type bytes are refused at once
+        # (as PostgreSQL does with a client's messages after authentication: FRONTEND_LIMITS).
+        self.type_limits: dict[int, int] | None = None
         self._max_message_size = max_message_size
         self._max_startup_size = max_startup_size
         self._buf = b""
@@ -100,10 +113,14 @@ class Framer:
 
     def _next_typed(self) -> Frame | None:
         buf, pos = self._buf, self._pos
+        limits = self.type_limits
+        if limits is not None and len(buf) > pos and buf[pos] not in limits:
+            raise ProtocolViolation(f"invalid frontend message type {buf[pos]}", severity="FATAL")
         if len(buf) - pos < 5:
             return self._wait(5)
         length = _I32.unpack_from(buf, pos + 1)[0]
-        if length < 4 or length > self._max_message_size:
+        limit = self._max_message_size if limits is None else min(limits[buf[pos]], self._max_message_size)
+        if length < 4 or length > limit:
             raise ProtocolViolation(
                 f"invalid message length {length} for message type {buf[pos]!r}",
                 severity="FATAL",
