@@ -23,7 +23,7 @@ class Config:
     gpu_min_batch: int = 20_000         # rows from which --gpu auto uses the GPU (inference/gpu.py: measure it)
     artifact_key: str | None = None     # hex HMAC key for model artifacts; None: kept in the upstream
     max_clients: int = 1000
-    max_message_size: int = 1 << 30     # PostgreSQL's own limit for a single message
+    max_message_size: int = 0x3FFFFFFE  # PostgreSQL's own limit for a single message (PQ_LARGE_MESSAGE_LIMIT)
     startup_timeout: float = 60.0       # seconds a client may take to authenticate
     shutdown_timeout: float = 30.0      # seconds running statements get after SIGTERM
     embedded_port: int | None = None    # TCP port of the embedded upstream (None: pick a free one)
@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact-key", default=_env("PGML_ARTIFACT_KEY"),
                    help="hex HMAC key signing model artifacts (default: generated once, kept in the upstream)")
     p.add_argument("--max-clients", type=int, default=int(_env("PGML_MAX_CLIENTS") or 1000))
+    p.add_argument("--max-message-mb", type=float, default=float(_env("PGML_MAX_MESSAGE_MB") or 0),
+                   help="largest client message in MiB; larger ones close the connection with 08P01 "
+                   "(PGML_MAX_MESSAGE_MB; default 0: PostgreSQL's own limit, 1 GiB)")
+    p.add_argument("--startup-timeout", type=float, default=float(_env("PGML_STARTUP_TIMEOUT") or 60),
+                   help="seconds a client may take from connecting to authenticated (PGML_STARTUP_TIMEOUT)")
     p.add_argument("--embedded-port", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
@@ -95,5 +100,7 @@ def from_args(argv: list[str] | None = None) -> Config:
         tls_cert=a.tls_cert, tls_key=a.tls_key, log_level=a.log_level, log_format=a.log_format,
         model_cache_mb=a.model_cache_mb, gpu=a.gpu, gpu_min_batch=a.gpu_min_batch, artifact_key=a.artifact_key,
         max_clients=a.max_clients,
+        max_message_size=int(a.max_message_mb * (1 << 20)) if a.max_message_mb > 0 else 0x3FFFFFFE,
+        startup_timeout=a.startup_timeout,
         embedded_port=a.embedded_port,
     )
