@@ -13,6 +13,7 @@ from protocol import sqlstate, types
 from protocol.errors import PgError
 
 from ..cache import CachedModel, features_matrix
+from ..inference import PlanError
 from .base import ANY, Param, register
 
 REAL = types.FLOAT4
@@ -27,7 +28,12 @@ def model_for(ctx, project: Any):
     if isinstance(project, str) and not project.lstrip("-").isdigit():
         entry = services.cache.deployed(project)
         return entry if entry is not None else _load_deployed(services, project)
-    model_id = int(project)
+    try:
+        model_id = int(project)
+    except (TypeError, ValueError, OverflowError):   # an array, JSON, NaN...: a clean error, not XX000
+        raise PgError(sqlstate.DATATYPE_MISMATCH,
+                      f"pgml.predict needs a project name (text) or a model id (bigint), not {type(project).__name__}"
+                      ) from None
     entry = services.cache.model(model_id)
     return entry if entry is not None else _load_model(services, model_id)
 
@@ -61,13 +67,22 @@ def with_model(ctx, project, compute):
     """compute(model) now when the model is cached and this session may read it, else later."""
     entry = model_for(ctx, project)
     if isinstance(entry, CachedModel) and entry.model_id in ctx.session.readable_models:
-        return compute(entry)
+        return _checked(compute, entry)
 
     async def later():
         model = entry if isinstance(entry, CachedModel) else await entry
         await authorize(ctx, model)
-        return compute(model)
+        return _checked(compute, model)
     return later()
+
+
+def _checked(compute, model):
+    """A prediction the plan refuses (missing values for a model that takes none, no probabilities)
+    is the caller's input error (22023), not an internal one (found by tests/test_pgml_arguments.py)."""
+    try:
+        return compute(model)
+    except PlanError as exc:
+        raise PgError(sqlstate.INVALID_PARAMETER_VALUE, str(exc)) from None
 
 
 async def authorize(ctx, model: CachedModel) -> None:
