@@ -95,7 +95,8 @@ class Services:
             log.warning("refused model %d: %s", model_id, exc.message)
             raise PgError(exc.sqlstate, f"model {model_id}: {exc.message}", hint=exc.hint) from None
         plan = compile_plan(estimator, meta["task"], gpu=self.ctx.config.gpu)
-        log.info("loaded model %d (%s, %s plan)", model_id, meta["algorithm"], getattr(plan, "kind", "?"))
+        log.info("loaded model %d (%s, %s plan, gpu %s)", model_id, meta["algorithm"], getattr(plan, "kind", "?"),
+                 getattr(plan, "gpu", "off"))
         return CachedModel(model_id, meta.get("project_name"), meta["task"], int(meta["num_features"] or 0),
                            plan, int(getattr(plan, "nbytes", len(blob))))
 
