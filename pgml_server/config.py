@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "exists, 'on' for every batch, 'off' never (PGML_GPU)")
     p.add_argument("--gpu-min-batch", type=_rows, default=_env("PGML_GPU_MIN_BATCH") or 20_000,
                    metavar="ROWS", help="batch size from which --gpu auto uses the GPU; measure it on the "
-                   "machine (benchmarks/predict.py) (PGML_GPU_MIN_BATCH, default 20000)")
+                   "machine with a GPU (PGML_GPU_MIN_BATCH, default 20000: a guess)")
     p.add_argument("--artifact-key", default=_env("PGML_ARTIFACT_KEY"),
                    help="hex HMAC key signing model artifacts (default: generated once, kept in the upstream)")
     p.add_argument("--max-clients", type=int, default=int(_env("PGML_MAX_CLIENTS") or 1000))

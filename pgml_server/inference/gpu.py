@@ -19,7 +19,7 @@ log = logging.getLogger("pgml_server.inference.gpu")
 #
 # NOT MEASURED: 20 000 is a guess. The crossover depends on the device, the PCIe link, the model
 # (trees × depth) and the CPU it is compared with, and must be measured on a machine with a GPU
-# (benchmarks/predict.py's GPU section reports the batch size where the GPU starts to win). No GPU
+# (issue 4's GPU benchmark is to report the batch size where the GPU starts to win). No GPU
 # was lent to the task that wrote this, so an operator sets the measured value with
 # --gpu-min-batch / PGML_GPU_MIN_BATCH (services.py applies it via set_min_batch at start-up).
 DEFAULT_GPU_MIN_BATCH = 20_000
