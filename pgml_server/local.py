@@ -264,7 +264,7 @@ class LocalRunner:
         if route is None or route.kind == FORWARD:
             if msg.name in session.prepared:
                 if msg.name:
-                    self._error(PgError(sqlstate.DUPLICATE_PSTATEMENT,
+                    self._error(PgError(sqlstate.DUPLICATE_PREPARED_STATEMENT,
                                         f'prepared statement "{msg.name}" already exists'))
                     return
                 del session.prepared[msg.name]
@@ -275,7 +275,7 @@ class LocalRunner:
             self._error(route.error)
             return
         if msg.name and msg.name in session.prepared:
-            self._error(PgError(sqlstate.DUPLICATE_PSTATEMENT, f'prepared statement "{msg.name}" already exists'))
+            self._error(PgError(sqlstate.DUPLICATE_PREPARED_STATEMENT, f'prepared statement "{msg.name}" already exists'))
             return
         declared = list(msg.param_oids)
         inferred = self._param_types(route)

@@ -273,6 +273,11 @@ class Session:
                                         'invalid byte sequence for encoding "UTF8"'))
             except ValueError:     # a missing NUL met while peeking at statement and portal names
                 self._malformed(ProtocolViolation("invalid message format"))
+            except Exception as exc:   # a bug: this connection ends with a message, it never hangs
+                log.exception("session failed")
+                self._fatal(PgError(sqlstate.INTERNAL_ERROR, f"pgml-server internal error: {exc}",
+                                    severity="FATAL"))
+                return
 
     def _malformed(self, err: PgError) -> None:
         """A malformed message on the local path (a pgml statement or a name a local one owns):

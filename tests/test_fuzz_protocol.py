@@ -425,6 +425,10 @@ WRONG_STATE = {
     + m.Describe("P", "nosuch").encode(),
     "execute after failed parse": m.Parse("", "SELEC 1", []).encode() + m.Bind("", "", [], [], []).encode()
     + m.Execute("", 0).encode(),
+    "duplicate local named statement": m.Parse("s3", LOCAL, []).encode() + m.Sync().encode()
+    + m.Parse("s3", LOCAL, []).encode() + m.Sync().encode(),
+    "local bind error then duplicate": m.Parse("s4", LOCAL, []).encode() + m.Bind("", "s4", [], [b"1"], []).encode()
+    + m.Sync().encode() + m.Parse("s4", LOCAL, []).encode(),
     "duplicate named statement": m.Parse("dup", "SELECT 1", []).encode() + m.Parse("dup", "SELECT 2", []).encode(),
     "truncated parse": _msg(b"P", b"s\x00SELECT 1"),
     "parse with param count lie": _msg(b"P", b"\x00SELECT 1\x00" + struct.pack("!h", 5) + b"\x00\x00\x00\x17"),

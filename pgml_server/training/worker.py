@@ -234,8 +234,19 @@ def _noop() -> None:
     pass
 
 
+def _exit_with_server() -> None:
+    """A worker whose server died (SIGKILL) would fit on for minutes with nobody to read the result:
+    end it as soon as the server's process sentinel closes (found by tests/test_faults.py)."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        parent.join()
+        os._exit(70)
+
+
 def _worker_main(conn) -> None:
     """The worker: receive a job, run it, send progress lines and then the result or the error."""
+    import threading
+    threading.Thread(target=_exit_with_server, daemon=True, name="exit-with-server").start()
     try:
         # Training is batch work; serving queries is not. A lower priority lets the server's event
         # loop (and the upstream) keep their latency while a long training shares the cores.
