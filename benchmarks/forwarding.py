@@ -106,6 +106,30 @@ def pgbench(binary: str, host: str, port: int, user: str, dbname: str, *args: st
     return proc.stdout
 
 
+def process_tree(pid: int) -> list[int]:
+    """pid and its descendants (pgml-server --workers N forks its workers)."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (Linux /proc), 0 where unreadable."""
+    total = 0.0
+    for p in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def run_select_only(binary: str, port: int, user: str, dbname: str, clients: int, protocol: str,
                     seconds: float) -> float:
     threads = min(clients, 2)
@@ -155,6 +179,7 @@ def main() -> None:
         print(f"pgbench -i -s {args.scale}: {time.perf_counter() - t0:.1f} s")
 
         setups: dict[str, int] = {"direct": port}
+        proxies: dict[str, int] = {}          # setup name → pid of the proxy process (tree)
         bouncer_bin = find_program("pgbouncer")
         missing_bouncer = None
         if bouncer_bin is None:
@@ -164,6 +189,7 @@ def main() -> None:
                 bouncer = PgBouncer(bouncer_bin, host, port, user, dbname, tmp)
                 stack.callback(bouncer.stop)
                 setups["pgbouncer"] = bouncer.port
+                proxies["pgbouncer"] = bouncer.proc.pid
             except Exception as exc:
                 missing_bouncer = f"pgbouncer did not start: {exc}"
         for workers in [int(w) for w in args.workers.split(",") if w]:
@@ -171,6 +197,7 @@ def main() -> None:
                                 log_path=tmp / f"server-w{workers}.log")
             stack.callback(srv.stop)
             setups[f"pgml-server w{workers}"] = srv.port
+            proxies[f"pgml-server w{workers}"] = srv.proc.pid
         time.sleep(1.0)   # let the workers finish their start-up services
 
         # warm every path (connections, caches) once
@@ -184,12 +211,18 @@ def main() -> None:
         for protocol in protocols:
             for clients in clients_list:
                 cell: dict[str, float] = {}
+                cpu: dict[str, float] = {}
                 for _ in range(args.rounds):
                     for name, p in setups.items():
+                        pids = process_tree(proxies[name]) if name in proxies else []
+                        c0 = cpu_seconds(pids)
                         tps = run_select_only(bench_bin, p, user, dbname, clients, protocol, args.seconds)
+                        if pids:   # the proxy's own CPU per transaction: a cost, less noisy than TPS
+                            per_tx = (cpu_seconds(pids) - c0) / (tps * int(args.seconds))
+                            cpu[name] = min(cpu.get(name, per_tx), per_tx)
                         cell[name] = max(cell.get(name, 0.0), tps)
                 results[(protocol, clients)] = cell
-                report_cell(protocol, clients, cell, missing_bouncer)
+                report_cell(protocol, clients, cell, cpu, missing_bouncer)
         print(f"load average after: {load_average()}")
         print()
         print("summary (ratios; goals: 1 client ≥ 0.85× direct, 8 clients ≥ 1.0× PgBouncer)")
@@ -215,7 +248,8 @@ def main() -> None:
             print(line)
 
 
-def report_cell(protocol: str, clients: int, cell: dict[str, float], missing_bouncer: str | None) -> None:
+def report_cell(protocol: str, clients: int, cell: dict[str, float], cpu: dict[str, float],
+                missing_bouncer: str | None) -> None:
     print(f"\npgbench -S -M {protocol}, {clients} client(s)")
     direct = cell["direct"]
     bouncer = cell.get("pgbouncer")
@@ -223,6 +257,8 @@ def report_cell(protocol: str, clients: int, cell: dict[str, float], missing_bou
         line = f"  {name:18s} {tps:10.0f} tps   {tps / direct:5.2f}× direct"
         if bouncer:
             line += f"   {tps / bouncer:5.2f}× PgBouncer"
+        if name in cpu:
+            line += f"   proxy CPU {cpu[name] * 1e6:5.1f} µs/tx"
         print(line)
     if bouncer is None:
         print(f"  pgbouncer          (missing: {missing_bouncer})")
