@@ -235,10 +235,10 @@ class LocalRunner:
         session = self.session
         if route.kind == FORWARD:
             return await session.forward_simple_part(sql)
+        if session.tx_status == "E":     # before analysis errors, as PostgreSQL checks
+            raise _aborted_transaction()
         if route.kind == ERROR:
             raise route.error
-        if session.tx_status == "E":
-            raise _aborted_transaction()
         if route.kind == REWRITE:
             await route.rewrite.run_simple(session, sql)
             if last:
@@ -265,17 +265,18 @@ class LocalRunner:
             if msg.name in session.prepared:
                 if msg.name:
                     self._error(PgError(sqlstate.DUPLICATE_PREPARED_STATEMENT,
-                                        f'prepared statement "{msg.name}" already exists'))
+                                        f'prepared statement "{msg.name}" already exists'), parse=True)
                     return
                 del session.prepared[msg.name]
             out.append(frame.raw)
             session.queue.append(Pending(pq.EXT))
             return
         if route.kind == ERROR:
-            self._error(route.error)
+            self._error(route.error, parse=True)
             return
         if msg.name and msg.name in session.prepared:
-            self._error(PgError(sqlstate.DUPLICATE_PREPARED_STATEMENT, f'prepared statement "{msg.name}" already exists'))
+            self._error(PgError(sqlstate.DUPLICATE_PREPARED_STATEMENT, f'prepared statement "{msg.name}" already exists'),
+                        parse=True)
             return
         declared = list(msg.param_oids)
         inferred = self._param_types(route)
@@ -431,8 +432,14 @@ class LocalRunner:
             session.emit(data)
         session.push_local(LocalItem(run=reply))
 
-    def _error(self, err: PgError) -> None:
+    def _error(self, err: PgError, parse: bool = False) -> None:
+        session = self.session
+
         async def fail() -> None:
+            # PostgreSQL's Parse refuses a statement in a failed transaction (25P02) before it
+            # analyses it or stores its name, so that error comes first.
+            if parse and session.tx_status == "E":
+                raise _aborted_transaction()
             raise err
         self.session.push_local(LocalItem(run=fail))
 

@@ -88,6 +88,10 @@ SCENARIOS = {
                                m.Execute("p2", 0), m.Close("P", "p2"), m.Sync()],
     "simple queries": lambda v: [m.Query(v), m.Query("SELECT 1; " + v), m.Query(v + "; SELECT 1/0; SELECT 2")],
     "flush without sync": lambda v: [*extended("SELECT 7"), *extended(v), m.Flush(), m.Sync()],
+    # Found by fuzzing: in a failed transaction, Parse of a taken name is 25P02, not 42P05.
+    "duplicate name in failed transaction": lambda v: [
+        m.Parse("s3", v, []), m.Sync(), m.Query("BEGIN"), m.Query("SELECT 1/0"),
+        m.Parse("s3", v, []), m.Sync(), m.Query(v), m.Query("ROLLBACK"), m.Parse("s3", v, []), m.Sync()],
 }
 
 
