@@ -27,6 +27,11 @@ from .plan import as_rows, labels_array, no_proba
 _CHUNK_CELLS = 1 << 18
 # LightGBM's kZeroThreshold: with missing_type 'Zero', |x| <= this counts as missing.
 _LGB_ZERO = 1e-35
+# leaves() decides every node's branch at once (Forest._leaves_small) while rows × nodes is at
+# most this many per level of depth: a level of the walk costs ≈ 4 µs of numpy calls, deciding a
+# node ≈ 4 ns (measured crossover, 2 cores: a 100-tree LightGBM model of depth 17 and 6,100 nodes
+# gains up to 2 rows, 92 → 25 µs for one row; a depth-6 forest of 3,800 nodes, 1 row, 35 → 19 µs).
+_SMALL_CELLS_PER_LEVEL = 1024
 # Levels walked before finished cells are first set aside: near the root few paths have ended.
 _FIRST_COMPACTION = 2
 
@@ -64,6 +69,8 @@ class Forest:
             self._place(i * self.max_nodes, tree)
         self.roots = np.arange(self.n_trees, dtype=np.intp) * self.max_nodes
         self.leaf_value = self.value[:, 0].copy() if width == 1 else None
+        self._all_nodes = np.arange(size, dtype=np.intp)
+        self._branch_base = 2 * self._all_nodes                         # children index of [right, left]
 
     def _place(self, base: int, tree: Tree) -> None:
         n = len(tree.left)
@@ -95,6 +102,8 @@ class Forest:
         n, width = X.shape
         flat = (X.astype(np.float32) if self.round32 else X).ravel()
         check_missing = self.zero_missing is not None or bool(np.isnan(flat).any())
+        if n * self.threshold.size <= _SMALL_CELLS_PER_LEVEL * self.depth:
+            return self._leaves_small(flat.reshape(n, width), check_missing)
         out = np.tile(self.roots, n)                                    # row-major (n, T), flattened
         node = out
         offsets = np.repeat(np.arange(n, dtype=np.intp) * width, self.n_trees)
@@ -116,6 +125,31 @@ class Forest:
             return node.reshape(n, self.n_trees)
         out[cells] = node
         return out.reshape(n, self.n_trees)
+
+    def _leaves_small(self, X: np.ndarray, check_missing: bool) -> np.ndarray:
+        """leaves() for a few rows: every node's branch for every row is decided at once (the
+        same comparisons as the level walk), then each level is a single take over the rows ×
+        trees cells. A dozen numpy calls per level become one, which is what a batch of one row
+        pays for (a 100-tree LightGBM model: ≈ 17 levels)."""
+        n, size = X.shape[0], self.threshold.size
+        x = X.take(self.feature, axis=1)                                # (n, nodes)
+        go_left = x <= self.threshold
+        if check_missing:
+            go_left = self._missing(x, self._all_nodes, go_left)
+        step = self.children.take(self._branch_base + go_left)          # (n, nodes): next node
+        if n == 1:
+            node = self.roots
+            step = step.ravel()
+            for _ in range(self.depth):
+                node = step.take(node)
+            return node.reshape(1, self.n_trees)
+        shift = (np.arange(n, dtype=np.intp) * size)[:, None]
+        step += shift                                                   # row r's nodes at r * size
+        step = step.ravel()
+        node = (self.roots + shift).ravel()
+        for _ in range(self.depth):
+            node = step.take(node)
+        return (node.reshape(n, self.n_trees) - shift)
 
     @staticmethod
     def _set_aside(out, cells, node, offsets, done):
