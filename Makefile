@@ -7,7 +7,7 @@ PORT ?= 5433
 HOST ?= 127.0.0.1
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench soak clean
+.PHONY: install run test bench soak fuzz clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,11 @@ bench: install
 
 soak: install
 	$(BIN)/python benchmarks/soak.py
+
+# Coverage-guided fuzzing of protocol/ (atheris is optional: installed here, not by `make install`).
+fuzz: install
+	$(BIN)/python -m pip install --quiet atheris
+	$(BIN)/python tests/fuzz/atheris_protocol.py -runs=200000 -max_len=512
 
 clean:
 	rm -rf $(VENV) pgml-data .pytest_cache
