@@ -71,21 +71,25 @@ class CallContext:
 
 # ---------------------------------------------------------------- parameters
 
-_FLOAT_ARRAYS = {types.ARRAY_OF[types.FLOAT8]: ">f8", types.ARRAY_OF[types.FLOAT4]: ">f4"}
+# A binary float8[]/float4[] parameter: (element width, numpy record of its length word and value)
+_FLOAT_ARRAYS = {types.ARRAY_OF[types.FLOAT8]: (8, np.dtype([("len", ">i4"), ("v", ">f8")])),
+                 types.ARRAY_OF[types.FLOAT4]: (4, np.dtype([("len", ">i4"), ("v", ">f4")]))}
+_ARRAY_HEADER = struct.Struct("!iiIii")           # ndim, has_null, element oid, length, lower bound
 
 
 def decode_param(oid: int, data, binary: bool) -> Any:
     """A bound parameter as a Python value; a binary float array without NULLs goes straight into
-    numpy (the hot path of a prepared pgml.predict: no per-element Python work)."""
-    if binary and oid in _FLOAT_ARRAYS:
-        raw = bytes(data)
-        ndim, has_null = _I32.unpack_from(raw, 0)[0], _I32.unpack_from(raw, 4)[0]
+    numpy (the hot path of a prepared pgml.predict: no per-element Python work, and the record
+    dtype is built once, not per call)."""
+    if binary and (layout := _FLOAT_ARRAYS.get(oid)) is not None and len(data) >= 20:
+        data = bytes(data)                        # no numpy view into the framer's buffer
+        ndim, has_null, _, count, _ = _ARRAY_HEADER.unpack_from(data, 0)
         if ndim == 1 and not has_null:
-            count = _I32.unpack_from(raw, 12)[0]
-            width = 8 if oid == types.ARRAY_OF[types.FLOAT8] else 4
-            body = np.frombuffer(raw, np.dtype([("len", ">i4"), ("v", _FLOAT_ARRAYS[oid])]), count, 20)
-            if len(body) == count and (body["len"] == width).all():
-                return body["v"].astype(np.float64)
+            width, record = layout
+            if len(data) == 20 + count * (4 + width):
+                body = np.frombuffer(data, record, count, 20)
+                if (body["len"] == width).all():
+                    return body["v"].astype(np.float64)
     return types.decode(oid, bytes(data), binary)
 
 
@@ -160,18 +164,26 @@ def encode_rows(columns: list[tuple[str, int]], rows: list[tuple], formats: list
 
 # ---------------------------------------------------------------- running a statement
 
+# Results that are never awaitable: inspect.isawaitable's ABC check is skipped for them (hot path).
+_PLAIN = frozenset({float, int, str, bool, list, tuple, dict, type(None), np.ndarray})
+
+
+def _awaitable(value: Any) -> bool:
+    return type(value) not in _PLAIN and inspect.isawaitable(value)
+
+
 def run_statement(stmt: LocalStatement, ctx: CallContext, params: list) -> Any:
     """Rows of a local statement, or an awaitable of them when a function must wait."""
     if stmt.expand or stmt.returns_set:
         call = stmt.calls[0]
         result = call.function.impl(ctx, **call.arguments(params))
-        if inspect.isawaitable(result):
+        if _awaitable(result):
             return _finish_expand(stmt, result)
         return _rows_of(stmt, result)
     values: list[Any] = []
     for i, call in enumerate(stmt.calls):
         result = call.function.impl(ctx, **call.arguments(params))
-        if inspect.isawaitable(result):
+        if _awaitable(result):
             return _finish_row(stmt, ctx, params, values, result, i)
         values.append(result)
     return [tuple(values)]
@@ -398,7 +410,7 @@ class LocalRunner:
         except PgError as err:
             self._error(err)
             return
-        if inspect.isawaitable(rows):
+        if _awaitable(rows):
             session.push_local(LocalItem(run=lambda: self._finish_execute(portal, rows)))
             return
         self._reply(self._result(portal, rows))

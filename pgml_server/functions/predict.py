@@ -105,16 +105,23 @@ def check_features(model: CachedModel, X: np.ndarray) -> np.ndarray:
 def _features(features) -> np.ndarray:
     if features is None:
         raise PgError(sqlstate.NULL_VALUE_NOT_ALLOWED, "features must not be NULL")
-    try:
-        X = features_matrix(features)
-    except (TypeError, ValueError) as exc:
-        raise PgError(sqlstate.INVALID_PARAMETER_VALUE, f"features must be numbers: {exc}") from None
+    if type(features) is np.ndarray and features.dtype == np.float64 and features.ndim == 1:
+        X = features.reshape(1, -1)                 # a bound float8[]/real[] (local.decode_param)
+    else:
+        X = _features_of_values(features)
     if X.size == 0:
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE, "features must not be empty")
     if np.isinf(X).any():
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE, "features must be finite (Infinity given)",
                       hint="NULL or NaN mark a missing value; Infinity is not a valid feature.")
     return X
+
+
+def _features_of_values(features) -> np.ndarray:
+    try:
+        return features_matrix(features)
+    except (TypeError, ValueError) as exc:
+        raise PgError(sqlstate.INVALID_PARAMETER_VALUE, f"features must be numbers: {exc}") from None
 
 
 _PREDICT_PARAMS = [Param("project_name", ANY), Param("features", REAL_ARRAY, variadic=True)]
@@ -124,8 +131,12 @@ _PREDICT_PARAMS = [Param("project_name", ANY), Param("features", REAL_ARRAY, var
           description="predict one row with the project's deployed model (or a model id)")
 def predict(ctx, project_name, features):
     X = _features(features)
-    return with_model(ctx, project_name, lambda model: float(
-        np.ravel(model.plan.predict(check_features(model, X)))[0]))
+    return with_model(ctx, project_name, lambda model: _first(model.plan.predict(check_features(model, X))))
+
+
+def _first(out) -> float:
+    """The first prediction as a float: one .item() call on the usual ndarray result."""
+    return float(out.item(0) if type(out) is np.ndarray else np.ravel(out)[0])
 
 
 @register("predict_proba", _PREDICT_PARAMS, [("predict_proba", REAL_ARRAY)],
