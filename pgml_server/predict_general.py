@@ -27,8 +27,14 @@ from .predict_rewrite import _fmt, decode_float8_arrays, features_node, model_no
 from .router import deparse, is_pgml_call
 
 TEMP_TABLE = "pg_temp.pgml_predictions"
+# No key while the pairs are copied in: the unique index is built after the load, in one sort,
+# features first (cheap float8 comparisons before the text columns). Loading into a table that
+# already has the index costs several times more (one B-tree insertion per pair).
 _CREATE = ("CREATE TEMP TABLE IF NOT EXISTS pgml_predictions (fn text NOT NULL, model text NOT NULL, "
-           "features float8[] NOT NULL, prediction real, prediction_array real[], PRIMARY KEY (fn, model, features))")
+           "features float8[] NOT NULL, prediction real, prediction_array real[])")
+_INDEX = "pgml_predictions_key"
+_DROP_INDEX = f"DROP INDEX IF EXISTS pg_temp.{_INDEX}"
+_CREATE_INDEX = f"CREATE UNIQUE INDEX {_INDEX} ON {TEMP_TABLE} (features, fn, model)"
 _STMT = "__pgml_general"
 _FLUSH = b"H\x00\x00\x00\x04"
 _SYNC = b"S\x00\x00\x00\x04"
@@ -156,7 +162,8 @@ class GeneralPredict:
 
     # -- pass one
 
-    async def _collect(self, session, call: _Call, raw_params, param_oids, done: set) -> None:
+    async def _collect(self, session, call: _Call, raw_params, param_oids, done: set,
+                       stored: set | None) -> None:
         last_error = None
         for query in call.passes:
             if (call.function, query) in done:      # the same pairs were collected for an earlier call
@@ -176,15 +183,24 @@ class GeneralPredict:
                                "CTEs, subqueries, LATERAL joins, CREATE TABLE AS, INSERT … SELECT, UPDATE … SET.")
         done.add((call.function, query))
         models, feats = _parse_pairs(data)
+        if stored is not None:      # several calls: a pair an earlier call stored is not stored twice
+            keep = [i for i, key in enumerate(zip(models, feats)) if (call.function,) + key not in stored]
+            if len(keep) < len(models):
+                models, feats = [models[i] for i in keep], [feats[i] for i in keep]
+            stored.update((call.function, mo, f) for mo, f in zip(models, feats))
         if models:
             await _store(session, call.function, models, feats)
 
     async def _prepare(self, session, raw_params=None, param_oids=None) -> None:
-        await session_executor(session).execute(_CREATE)
-        await session_executor(session).execute(f"TRUNCATE {TEMP_TABLE}")
+        ex = session_executor(session)
+        await ex.execute(_CREATE)
+        await ex.execute(_DROP_INDEX)
+        await ex.execute(f"TRUNCATE {TEMP_TABLE}")
         done: set = set()
+        stored: set | None = set() if len(self.calls) > 1 else None
         for call in self.calls:
-            await self._collect(session, call, raw_params, param_oids, done)
+            await self._collect(session, call, raw_params, param_oids, done, stored)
+        await ex.execute(_CREATE_INDEX)
 
     # -- pass two
 
@@ -307,52 +323,113 @@ async def _fetch_binary(session, sql: str, raw, param_oids) -> list[bytes]:
 def _parse_pairs(rows: list[bytes]) -> tuple[list[str], list[bytes]]:
     """Binary DataRows of (text, float8[]) → model names and raw feature arrays."""
     models, feats = [], []
-    unpack16, unpack32 = _I16.unpack_from, _I32.unpack_from
+    names: dict[bytes, str] = {}
+    unpack32 = _I32.unpack_from
+    add_model, add_feat = models.append, feats.append
     for data in rows:
-        n = unpack16(data, 0)[0]
-        pos = 2
-        vals = []
-        for _ in range(n):
-            length = unpack32(data, pos)[0]
-            pos += 4
-            vals.append(None if length < 0 else data[pos:pos + length])
-            pos += max(length, 0)
-        if vals[0] is None or vals[1] is None:
+        # int16 column count (2), then int32 length and bytes of the model, then of the features
+        length = unpack32(data, 2)[0]
+        if length < 0:
             continue      # NULL model or features: the lookup yields NULL, as predict of NULL would
-        models.append(vals[0].decode())
-        feats.append(vals[1])
+        pos = 6 + length
+        if unpack32(data, pos)[0] < 0:
+            continue
+        raw = data[6:pos]
+        name = names.get(raw)
+        if name is None:
+            name = names[raw] = raw.decode()
+        add_model(name)
+        add_feat(data[pos + 4:])
     return models, feats
 
 
 async def _store(session, function: str, models: list[str], feats: list[bytes]) -> None:
+    """Predict the pairs and load them with one binary COPY: the feature arrays go back as the exact
+    float8[] bytes pass one returned (no decode/encode per row), the predictions as float4 bytes."""
     from .functions.predict import authorize, model_for
     from .local import CallContext
     ctx = CallContext(session, extended=True)
-    lines = []
+    parts = [_COPY_HEADER]
     by_model: dict[str, list[int]] = {}
     for i, name in enumerate(models):
         by_model.setdefault(name, []).append(i)
+    fn_field = _I32.pack(len(function)) + function.encode()
     for name, rows in by_model.items():
         entry = model_for(ctx, name)
         model: CachedModel = entry if isinstance(entry, CachedModel) else await entry
         await authorize(ctx, model)
-        X = check_features(model, decode_float8_arrays([feats[i] for i in rows]))
+        rows_feats = [feats[i] for i in rows]
+        X = check_features(model, decode_float8_arrays(rows_feats))
         pred = model.plan.predict_proba(X) if function == "predict_proba" else model.plan.predict(X)
-        pred = np.asarray(pred, dtype=np.float64)
-        for j, i in enumerate(rows):
-            f = types.encode(types.ARRAY_OF[types.FLOAT8], types.decode(types.ARRAY_OF[types.FLOAT8],
-                                                                        feats[i], True), False).decode()
-            if function == "predict":
-                lines.append(f"{function}\t{_copy_text(name)}\t{f}\t{repr(float(np.ravel(pred[j])[0]))}\t\\N\n")
-            else:
-                arr = "{" + ",".join(repr(float(v)) for v in np.ravel(pred[j])) + "}"
-                lines.append(f"{function}\t{_copy_text(name)}\t{f}\t\\N\t{arr}\n")
+        pred = np.asarray(pred, dtype=np.float64).reshape(len(rows), -1)
+        if function == "predict":
+            pred = pred[:, :1]
+        tails = _prediction_fields(function, pred)
+        model_bytes = name.encode()
+        head = _COLUMNS + fn_field + _I32.pack(len(model_bytes)) + model_bytes
+        sizes = set(map(len, rows_feats))
+        if len(sizes) == 1:     # one fixed-width block: assembled by numpy
+            size = sizes.pop()
+            n = len(rows_feats)
+            block = np.empty((n, len(head) + 4 + size + len(tails) // n), dtype=np.uint8)
+            fixed = len(head) + 4
+            block[:, :fixed] = np.frombuffer(head + _I32.pack(size), dtype=np.uint8)
+            block[:, fixed:fixed + size] = np.frombuffer(b"".join(rows_feats), dtype=np.uint8).reshape(n, size)
+            block[:, fixed + size:] = np.frombuffer(tails, dtype=np.uint8).reshape(n, -1)
+            parts.append(block.tobytes())
+        else:
+            pack = _I32.pack
+            width = len(tails) // len(rows)
+            for j, f in enumerate(rows_feats):
+                parts += (head, pack(len(f)), f, tails[j * width:(j + 1) * width])
+    parts.append(_COPY_TRAILER)
     await session_executor(session).copy_in(TEMP_TABLE, ["fn", "model", "features", "prediction", "prediction_array"],
-                                            "".join(lines).encode(), "text")
+                                            b"".join(parts), "binary")
 
 
-def _copy_text(s: str) -> str:
-    return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+_COPY_TRAILER = b"\xff\xff"
+_COLUMNS = _I16.pack(5)
+_NULL = -1
+_FLOAT4_OID = 700
+
+
+def _float4(values: np.ndarray) -> np.ndarray:
+    """float64 → float4 as PostgreSQL's real input does it: out of range (overflow, or a non-zero
+    value that becomes 0) is an error, not inf or 0."""
+    out = values.astype(np.float32)
+    bad = (np.isinf(out) & np.isfinite(values)) | ((out == 0) & (values != 0))
+    if bad.any():
+        raise PgError(sqlstate.NUMERIC_VALUE_OUT_OF_RANGE,
+                      f'"{float(values[bad][0])!r}" is out of range for type real')
+    return out
+
+
+def _prediction_fields(function: str, pred: np.ndarray) -> bytes:
+    """The binary COPY fields prediction and prediction_array of each row, as one fixed-width block."""
+    n, k = pred.shape
+    if function == "predict":
+        block = np.empty(n, dtype=[("len", ">i4"), ("v", ">f4"), ("null", ">i4")])
+        block["len"] = 4
+        block["v"] = _float4(pred[:, 0])
+        block["null"] = _NULL
+        return block.tobytes()
+    if k == 0:      # an empty real[]: ndim 0
+        row = _I32.pack(_NULL) + _I32.pack(12) + struct.pack("!iii", 0, 0, _FLOAT4_OID)
+        return row * n
+    block = np.empty(n, dtype=[("null", ">i4"), ("len", ">i4"), ("ndim", ">i4"), ("hasnull", ">i4"),
+                               ("elem", ">i4"), ("dim", ">i4"), ("lb", ">i4"),
+                               ("vals", [("l", ">i4"), ("v", ">f4")], (k,))])
+    block["null"] = _NULL
+    block["len"] = 20 + 8 * k
+    block["ndim"] = 1
+    block["hasnull"] = 0
+    block["elem"] = _FLOAT4_OID
+    block["dim"] = k
+    block["lb"] = 1
+    block["vals"]["l"] = 4
+    block["vals"]["v"] = _float4(pred)
+    return block.tobytes()
 
 
 class _Collect(Consumer):
