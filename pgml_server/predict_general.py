@@ -21,7 +21,7 @@ from protocol.errors import PgError
 
 from . import pending as pq
 from .cache import CachedModel
-from .functions.predict import check_features
+from .functions.predict import check_features, run_plan
 from .pending import Consumer
 from .predict_rewrite import _fmt, decode_float8_arrays, features_node, model_node
 from .router import deparse, is_pgml_call
@@ -360,8 +360,7 @@ async def _store(session, function: str, models: list[str], feats: list[bytes]) 
         await authorize(ctx, model)
         rows_feats = [feats[i] for i in rows]
         X = check_features(model, decode_float8_arrays(rows_feats))
-        pred = model.plan.predict_proba(X) if function == "predict_proba" else model.plan.predict(X)
-        pred = np.asarray(pred, dtype=np.float64).reshape(len(rows), -1)
+        pred = np.asarray(run_plan(model, function, X), dtype=np.float64).reshape(len(rows), -1)
         if function == "predict":
             pred = pred[:, :1]
         tails = _prediction_fields(function, pred)

@@ -26,7 +26,7 @@ from protocol.errors import PgError
 
 from . import pending as pq
 from .cache import CachedModel
-from .functions.predict import authorize, check_features, model_for
+from .functions.predict import authorize, check_features, model_for, run_plan
 from .pending import Consumer
 from .router import REWRITE, Route, deparse, is_pgml_call
 
@@ -406,7 +406,11 @@ class _StreamConsumer(Consumer):
         """Rewrite a run of identically laid-out DataRows at once; return where the run stops."""
         if self.error is not None:
             return start
-        self._flush_rows()      # rows taken one by one so far go out first, in order
+        try:
+            self._flush_rows()      # rows taken one by one so far go out first, in order
+        except PgError as err:
+            self.error = err
+            return start
         size = _I32.unpack_from(buf, start + 1)[0] + 1
         count = (end - start) // size
         if count < 2:
@@ -440,7 +444,7 @@ class _StreamConsumer(Consumer):
                 continue
             out, model = outputs[i]
             X = check_features(model, _block_float8_arrays(block[:, 5 + off: 5 + off + length]))
-            pred = np.asarray(model.plan.predict(X), dtype=">f4").reshape(k, 1)
+            pred = np.asarray(run_plan(model, "predict", X), dtype=">f4").reshape(k, 1)
             pieces.append(np.broadcast_to(np.frombuffer(_I32.pack(4), np.uint8), (k, 4)))
             pieces.append(pred.view(np.uint8).reshape(k, 4))
         width = sum(p.shape[1] for p in pieces[1:])
@@ -464,10 +468,7 @@ class _StreamConsumer(Consumer):
         self.rows = []
         for out, model in zip(self.plan.outputs, self.models):
             X = check_features(model, decode_float8_arrays([r[out.index] for r in rows]))
-            if out.function == "predict_proba":
-                pred = model.plan.predict_proba(X)
-            else:
-                pred = model.plan.predict(X)
+            pred = run_plan(model, out.function, X)
             encoded = encode_predictions(out.function, pred, bool(_fmt(self.client_formats, out.index)))
             for r, v in zip(rows, encoded):
                 r[out.index] = v

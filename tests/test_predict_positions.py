@@ -67,3 +67,23 @@ def test_no_bookkeeping_notices_reach_the_client(conn):
     finally:
         conn.remove_notice_handler(handler)
     assert notices == ["the client's own"]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_null_feature_in_a_table_stream_is_an_error_and_the_session_survives(conn, binary):
+    """A NULL inside the feature array of one row: 22023 for the statement, not a dropped connection."""
+    cur = conn.cursor(binary=binary)
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as info:
+        cur.execute("SELECT pgml.predict('pos-reg', ARRAY[age,sex,bmi,bp,s1,s2,s3,s4,s5,"
+                    "CASE WHEN target > 300 THEN NULL ELSE s6 END]) FROM pgml.diabetes").fetchall()
+    assert "NULL" in str(info.value)
+    assert cur.execute("SELECT 1").fetchone() == (1,)
+    assert len(cur.execute(f"SELECT pgml.predict('pos-reg', {FEATURES}) FROM pgml.diabetes").fetchall()) == 442
+
+
+def test_null_feature_in_the_general_path_is_an_error_and_the_session_survives(conn):
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as info:
+        conn.execute("SELECT count(*) FROM pgml.diabetes WHERE pgml.predict('pos-reg', ARRAY[age,sex,bmi,bp,"
+                     "s1,s2,s3,s4,s5,CASE WHEN target > 300 THEN NULL ELSE s6 END]) > 100")
+    assert "NULL" in str(info.value)
+    assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -94,6 +94,15 @@ async def authorize(ctx, model: CachedModel) -> None:
     ctx.session.readable_models.add(model.model_id)
 
 
+def run_plan(model: CachedModel, function: str, X: np.ndarray):
+    """A block of rows through the model's plan, for the batch paths; a refusal by the plan (NaN
+    features for a model that takes none, no probabilities) is the caller's input error (22023)."""
+    try:
+        return model.plan.predict_proba(X) if function == "predict_proba" else model.plan.predict(X)
+    except PlanError as exc:
+        raise PgError(sqlstate.INVALID_PARAMETER_VALUE, str(exc)) from None
+
+
 def check_features(model: CachedModel, X: np.ndarray) -> np.ndarray:
     if model.num_features and X.shape[1] != model.num_features:
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE,
