@@ -243,16 +243,27 @@ def _exit_with_server() -> None:
         os._exit(70)
 
 
+def _lower_priority() -> None:
+    """Training is batch work; serving queries is not. SCHED_IDLE (Linux) runs the worker only on
+    CPU time that the server's event loop and the upstream's backends leave over, and the kernel
+    preempts it as soon as one of them wakes; other systems get nice 10. Threads the estimator
+    starts later (OpenMP, BLAS) inherit the policy."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return
+    except (AttributeError, OSError):
+        pass
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+
+
 def _worker_main(conn) -> None:
     """The worker: receive a job, run it, send progress lines and then the result or the error."""
     import threading
     threading.Thread(target=_exit_with_server, daemon=True, name="exit-with-server").start()
-    try:
-        # Training is batch work; serving queries is not. A lower priority lets the server's event
-        # loop (and the upstream) keep their latency while a long training shares the cores.
-        os.nice(10)
-    except OSError:
-        pass
+    _lower_priority()
     try:
         job = _receive_job(conn)
         result = run_job(job, lambda message: conn.send(("progress", message)))
