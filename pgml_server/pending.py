@@ -40,6 +40,13 @@ class Consumer:
     def on_rows(self, buf: bytes, start: int, end: int) -> int:  # pragma: no cover - interface
         return start
 
+    # A consumer with bulk_copy = True gets runs of CopyData messages through
+    # on_copy_data(buf, start, end), the same way (a binary COPY sends one message per row).
+    bulk_copy = False
+
+    def on_copy_data(self, buf: bytes, start: int, end: int) -> int:  # pragma: no cover - interface
+        return start
+
     def item_finished(self) -> None:
         self.outstanding -= 1
         if self.outstanding == 0 and not self.done.done():

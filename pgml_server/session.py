@@ -498,9 +498,10 @@ class Session:
                     out.append(buf[run:pos])
                 pos = run = end
                 continue
-            if consumer is not None and t == 0x44 and consumer.bulk:
-                # A run of DataRows for a consumer that can take them as one block (vectorised).
-                after = consumer.on_rows(buf, pos, n)
+            if consumer is not None and ((t == 0x44 and consumer.bulk) or (t == 0x64 and consumer.bulk_copy)):
+                # A run of DataRows or CopyData for a consumer that can take them as one block
+                # (vectorised: a 1M-row training COPY is 1M messages).
+                after = consumer.on_rows(buf, pos, n) if t == 0x44 else consumer.on_copy_data(buf, pos, n)
                 if after > pos:
                     if pos > run:
                         out.append(buf[run:pos])

@@ -161,3 +161,23 @@ def test_all_float8_matrix(copy_out):
     i = np.arange(1, 778)
     assert matrix.shape == (777, 3) and matrix.flags.c_contiguous and matrix.flags.writeable
     assert np.array_equal(matrix, np.column_stack([i, -i, i / 7.0]))
+
+
+def test_session_collector_takes_runs_of_copy_data_as_blocks():
+    """The session hands runs of CopyData to the collector at once: equal-length messages are taken
+    in one piece, a message of another length (or a partial one) stops the run, the bytes in order."""
+    from pgml_server.session_executor import _Collector
+
+    def copy_data(body: bytes) -> bytes:
+        return b"d" + struct.pack("!i", len(body) + 4) + body
+
+    async def run():
+        collector = _Collector()
+        rows = [bytes([i]) * 9 for i in range(5)]
+        stream = b"".join(copy_data(r) for r in rows) + copy_data(b"longer row") + copy_data(b"tail")[:6]
+        after = collector.on_copy_data(stream, 0, len(stream))
+        assert after == 5 * 14 and collector.copy_chunks == [b"".join(rows)]
+        assert collector.on_copy_data(stream, after, len(stream)) == after   # one message: no run
+        single = copy_data(b"x")
+        assert collector.on_copy_data(single, 0, len(single)) == 0
+    asyncio.run(run())

@@ -18,7 +18,7 @@ from .. import artifacts, registry
 from ..sqlnames import quote_ident
 from ..training import TrainingError
 from ..training.algorithms import make_estimator
-from ..training.copy_binary import parse_copy_binary
+from ..training.copy_binary import copy_binary_matrix, parse_copy_binary
 from ..training.metrics import key_metric
 from ..training.worker import TrainingJob, train_in_subprocess
 from .base import ANY, Param, register
@@ -227,11 +227,22 @@ async def _load(ex, snapshot, features, labels, task):
         names.append(name)
     query = f"SELECT {', '.join(exprs)} FROM {table} s" + "".join(f", {l}" for l in laterals)
     data = await ex.copy_out(query, "binary")
+    n_features = len(exprs) - len(labels)
+    if not text_label and n_features:
+        # Every column is float8 here: one matrix straight from the COPY stream, no per-column arrays.
+        try:
+            matrix = copy_binary_matrix(data, oids, names)
+        except TrainingError as exc:
+            raise _pg(exc) from None
+        X = matrix[:, :n_features]
+        y = matrix[:, n_features] if len(labels) == 1 else matrix[:, n_features:]
+        if X.shape[0] == 0:
+            raise PgError(sqlstate.INVALID_PARAMETER_VALUE, f"{snapshot.relation_name} has no rows to train on")
+        return X, y, None
     try:
         cols = parse_copy_binary(data, oids, names)
     except TrainingError as exc:
         raise _pg(exc) from None
-    n_features = len(exprs) - len(labels)
     X = np.column_stack([np.asarray(cols[n], dtype=np.float64) for n in names[:n_features]]) \
         if n_features else np.empty((0, 0))
     classes = None
