@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from sklearn import tree
+from sklearn import ensemble, tree
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.preprocessing import StandardScaler
 
@@ -115,13 +115,40 @@ def test_every_table_entry_compiles_to_its_family_and_agrees(algorithm, task):
         datasets = [classification_data(True), classification_data(False)]
     for X, y, X_test in datasets:
         estimator = _fit(algorithm, task, X, y)
-        plan = compile_plan(estimator, task)
-        assert plan.kind == expected_kind(algorithm), f"{algorithm}/{task} compiled as {plan.kind}"
-        assert plan.task == task and plan.num_features == X.shape[1]
-        assert plan.nbytes > 0
-        if task == "classification":
-            np.testing.assert_array_equal(plan.classes, np.unique(y).astype(np.float64))
-        assert_agrees(plan, estimator, task, X_test)
+        # The compiled walk at every batch size (native=False), and the plan as served, which
+        # may hand large batches to the library's own predictor.
+        for plan in (compile_plan(estimator, task, native=False), compile_plan(estimator, task)):
+            assert plan.kind == expected_kind(algorithm), f"{algorithm}/{task} compiled as {plan.kind}"
+            assert plan.task == task and plan.num_features == X.shape[1]
+            assert plan.nbytes > 0
+            if task == "classification":
+                np.testing.assert_array_equal(plan.classes, np.unique(y).astype(np.float64))
+            assert_agrees(plan, estimator, task, X_test)
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_large_cpu_batches_go_to_the_librarys_own_predictor(task, monkeypatch):
+    """A LightGBM plan walks small batches itself and hands batches of native_min_batch rows or
+    more to the booster (faster there); both agree with the estimator. With the GPU chosen for a
+    batch, the GPU plan keeps it."""
+    lightgbm = pytest.importorskip("lightgbm")
+    X, y, X_test = regression_data() if task == "regression" else classification_data(True)
+    cls = lightgbm.LGBMRegressor if task == "regression" else lightgbm.LGBMClassifier
+    estimator = cls(n_estimators=20, verbose=-1).fit(X, y)
+    plan = compile_plan(estimator, task)
+    assert plan.native is not None and 1 < plan.native_min_batch <= len(X_test)
+    calls = []
+    native_predict = plan.native.predict
+    monkeypatch.setattr(plan.native, "predict", lambda rows: calls.append(len(rows)) or native_predict(rows))
+    small = X_test[:plan.native_min_batch - 1]
+    assert_agrees(plan, estimator, task, X_test)
+    np.testing.assert_allclose(plan.predict(small), estimator.predict(small), rtol=1e-6, atol=1e-6)
+    assert calls == [len(X_test)]                   # the full batch only, not the small one
+    monkeypatch.setattr(gpu, "use_gpu", lambda mode, n: True)
+    assert plan._native_for(X_test) is None
+    assert compile_plan(estimator, task, native=False).native is None
+    plain = ensemble.AdaBoostRegressor(n_estimators=5).fit(*regression_data()[:2])
+    assert compile_plan(plain, "regression").native is None   # the walk is faster at every size
 
 
 @pytest.mark.parametrize("task", ["regression", "classification"])

@@ -2,7 +2,9 @@
 
 `compile_plan(estimator, task, gpu=...)` returns a plan (see plan.Plan): linear models become a
 weight matrix (linear.py), tree ensembles a flat node table walked in numpy or on a GPU
-(trees.py, gpu.py), anything else wraps the estimator's own predict. This package never touches
+(trees.py, gpu.py; large CPU batches of LightGBM/XGBoost/HistGradientBoosting models go to the
+library's own multi-threaded predictor, faster there), anything else wraps the estimator's own
+predict. This package never touches
 the registry; CuPy is imported only in gpu.py.
 """
 from .gpu import DEFAULT_GPU_MIN_BATCH, gpu_available, min_batch, set_min_batch

@@ -115,25 +115,28 @@ def _pickled_size(estimator: Any) -> int:
         return 1 << 20
 
 
-def compile_plan(estimator: Any, task: str, *, gpu: str = "off") -> Plan:
+def compile_plan(estimator: Any, task: str, *, gpu: str = "off", native: bool = True) -> Plan:
     """Compile a fitted estimator into the fastest plan that reproduces its predictions.
 
     gpu: 'off' never uses a GPU; 'on' uses one for every batch when one is usable; 'auto' only
-    for batches large enough to repay the transfer (gpu.min_batch(), set by --gpu-min-batch)."""
+    for batches large enough to repay the transfer (gpu.min_batch(), set by --gpu-min-batch).
+    native: a tree plan hands large CPU batches to the library's own predictor, which is faster
+    there (trees.TreePlan.use_native); False keeps every batch on the compiled plan."""
     if gpu not in GPU_MODES:
         raise ValueError(f"gpu must be one of {GPU_MODES}, not {gpu!r}")
     from sklearn.multioutput import MultiOutputRegressor
     if isinstance(estimator, MultiOutputRegressor):
-        return _compile_multi_output(estimator, task, gpu)
-    plan = _compile_one(estimator, task, gpu)
+        return _compile_multi_output(estimator, task, gpu, native)
+    plan = _compile_one(estimator, task, gpu, native)
     return plan if plan is not None else EstimatorPlan(estimator, task)
 
 
-def _compile_one(estimator: Any, task: str, gpu: str):
+def _compile_one(estimator: Any, task: str, gpu: str, native: bool = True):
     from . import linear, trees
     for compiler in (linear.compile_linear, trees.compile_trees):
         try:
-            plan = compiler(estimator, task, gpu=gpu)
+            plan = compiler(estimator, task, gpu=gpu) if compiler is linear.compile_linear \
+                else compiler(estimator, task, gpu=gpu, native=native)
         except Exception as exc:   # a compiler bug must not make the model unservable
             log.warning("compiling %s failed, serving it with its own predict: %r", type(estimator).__name__, exc)
             return None
@@ -142,12 +145,12 @@ def _compile_one(estimator: Any, task: str, gpu: str):
     return None
 
 
-def _compile_multi_output(estimator: Any, task: str, gpu: str) -> Plan:
+def _compile_multi_output(estimator: Any, task: str, gpu: str, native: bool) -> Plan:
     from . import linear
     merged = linear.merge_regressors(estimator.estimators_, gpu=gpu)
     if merged is not None:
         return merged
-    plans = [_compile_one(e, task, gpu) for e in estimator.estimators_]
+    plans = [_compile_one(e, task, gpu, native) for e in estimator.estimators_]
     if any(p is None for p in plans):
         return EstimatorPlan(estimator, task)
     return MultiOutputPlan(plans, task)

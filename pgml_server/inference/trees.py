@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import gpu as gpu_backend
-from .plan import as_rows, labels_array, no_proba
+from .plan import EstimatorPlan, as_rows, labels_array, no_proba
 
 # Rows per chunk × trees: bounds the (rows, trees) work arrays to a few MB, which stay in cache.
 _CHUNK_CELLS = 1 << 18
@@ -261,6 +261,35 @@ class TreePlan:
                         "weights": combine.weights, "base": combine.base}
         self._gpu_forest = None
         self.nbytes = forest.nbytes + self.combine.weights.nbytes + 256
+        # Large CPU batches go to the library's own compiled predictor (see use_native()).
+        self.native: EstimatorPlan | None = None
+        self.native_min_batch: int | None = None
+
+    def use_native(self, estimator: Any, min_batch: int | None) -> None:
+        """Serve CPU batches of at least min_batch rows with the estimator's own predictor.
+
+        The numpy walk pays a few µs of Python per depth level, nothing per row: unbeatable for
+        the few rows of a single prediction (LightGBM, 1 row: 0.04 ms against 0.64 ms in its
+        sklearn wrapper). Per row, though, it does memory-bound gathers over every (row, tree)
+        cell, while LightGBM, XGBoost and scikit-learn walk trees in multi-threaded C/C++; from
+        a few hundred rows on they win, by 4–8× for LightGBM/XGBoost/HistGradientBoosting at 16k
+        rows (measured, 2 cores; thresholds in _native_min_batch)."""
+        if min_batch is None:
+            return
+        if "n_jobs" in getattr(estimator, "get_params", dict)():
+            # The artifact carries the n_jobs of the machine that trained it; predict with the
+            # CPUs this server may use (forests otherwise predict on one thread).
+            from ..training.algorithms import usable_cpus
+            estimator.set_params(n_jobs=usable_cpus())
+        self.native = EstimatorPlan(estimator, self.task)
+        self.native_min_batch = min_batch
+        self.nbytes += self.native.nbytes
+
+    def _native_for(self, X: np.ndarray) -> EstimatorPlan | None:
+        n = X.shape[0] if X.ndim == 2 else 1
+        if self.native is None or n < self.native_min_batch or gpu_backend.use_gpu(self.gpu, n):
+            return None
+        return self.native
 
     def raw(self, X: np.ndarray) -> np.ndarray:
         X = as_rows(X, self.num_features)
@@ -275,6 +304,9 @@ class TreePlan:
                                for i in range(0, X.shape[0], rows)])
 
     def predict(self, X: np.ndarray) -> np.ndarray:
+        native = self._native_for(X)
+        if native is not None:
+            return native.predict(as_rows(X, self.num_features))
         raw = self.raw(X)
         if self.task == "classification":
             return self.classes[self.output.label_index(raw)]
@@ -284,6 +316,9 @@ class TreePlan:
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         if self.output.proba is None:
             raise no_proba(f"this {self.library or 'tree'} model")
+        native = self._native_for(X)
+        if native is not None:
+            return native.predict_proba(as_rows(X, self.num_features))
         return self.output.proba(self.raw(X))
 
 
@@ -606,8 +641,11 @@ def _xgb_output(objective: str, k: int) -> Output | None:
 
 # ---------------------------------------------------------------- dispatch
 
-def compile_trees(estimator: Any, task: str, *, gpu: str = "off") -> TreePlan | None:
-    """A TreePlan for a supported tree ensemble; None for anything else."""
+def compile_trees(estimator: Any, task: str, *, gpu: str = "off", native: bool = True) -> TreePlan | None:
+    """A TreePlan for a supported tree ensemble; None for anything else.
+
+    native: large CPU batches use the library's own predictor (TreePlan.use_native); False keeps
+    every batch on the numpy walk (the agreement tests use it to test the walk at every size)."""
     module = type(estimator).__module__.split(".")[0]
     if module == "sklearn":
         plan = _sklearn(estimator, task, gpu)
@@ -617,4 +655,25 @@ def compile_trees(estimator: Any, task: str, *, gpu: str = "off") -> TreePlan | 
         plan = _xgboost(estimator, task, gpu)
     else:
         return None
+    if plan is not None and native:
+        plan.use_native(estimator, _native_min_batch(estimator))
     return plan
+
+
+def _native_min_batch(estimator: Any) -> int | None:
+    """Rows from which the library's own predict beats the numpy walk (measured 2026-12-01, 2 cores,
+    100 trees, 10 features; plan / own predict, ms):
+      LightGBM    64 rows 1.04 / 0.96 (classifier 2.87 / 1.69), 512: 7.8 / 2.6, 16k: 218 / 57
+      XGBoost     64 rows 0.27 / 0.29 (classifier 2.05 / 1.17), 512: 1.9 / 0.7, 16k:  92 / 16
+      HistGB      64 rows 1.38 / 1.10 (classifier 3.45 / 5.08), 256: 13.0 / 8.6 (classifier)
+      DecisionTree, AdaBoost: the walk is faster at every size measured (up to 50k rows).
+    Keeping the estimator about doubles a model's bytes in the cache (a 100-tree LightGBM model:
+    257 KB of plan + 302 KB pickled booster). For the boosters' 4–8× that is worth it; RandomForest,
+    ExtraTrees and GradientBoosting break even only near 4,096 rows and gain 1.4–1.8× at 50k, so
+    they stay on the walk."""
+    module = type(estimator).__module__.split(".")[0]
+    if module in ("lightgbm", "xgboost"):
+        return 64
+    if type(estimator).__name__.startswith("HistGradientBoosting"):
+        return 128
+    return None
