@@ -133,6 +133,9 @@ class Session:
     def on_client_data(self, data: bytes) -> None:
         if self.phase == "closed":
             return
+        if self.phase == "ready" and self._forward_packet(data):
+            self._flush_client()
+            return
         try:
             self.framer.feed(data)
             if self.phase == "startup":
@@ -278,6 +281,43 @@ class Session:
                 self._fatal(PgError(sqlstate.INTERNAL_ERROR, f"pgml-server internal error: {exc}",
                                     severity="FATAL"))
                 return
+
+    def _forward_packet(self, data: bytes) -> bool:
+        """The forwarding fast path: a packet of whole messages, none of them ours, goes upstream
+        as it came (one write, no per-message Frame) with the FIFO entries _pump_frames would
+        queue for it. Returns False, having changed nothing, whenever _pump_frames could decide
+        differently: a local statement or portal exists, 'pgml' occurs anywhere in the packet, a
+        local step is running, an error is skipping to Sync, the packet holds a partial,
+        malformed or Terminate message, or a Sync might be answered locally."""
+        if (self.blocked or self.failed_until_sync or self.prepared or self.portals
+                or self.upstream is None or _PGML.search(data) is not None):
+            return False
+        kinds = self.framer.whole_message_types(data)
+        if kinds is None:
+            return False
+        pending: list[int] = []
+        unsynced, dirty = self.unsynced, self.batch_dirty
+        for t in kinds:
+            if t == S:
+                if not unsynced and not any(type(item) is Pending for item in self.queue):
+                    return False            # perhaps answered locally: _pump_frames decides
+                pending.append(pq.SYNC)
+                unsynced = dirty = False
+                continue
+            if t == Q or t == F:
+                pending.append(pq.SIMPLE)
+            elif t == P or t == B or t == D or t == C or t == E:
+                pending.append(pq.EXT)
+                if t == E:
+                    dirty = True
+            elif t == X:
+                return False
+            unsynced = True                 # Flush and COPY messages too, as in _pump_frames
+        self.queue.extend(map(Pending, pending))
+        self.unsynced, self.batch_dirty = unsynced, dirty
+        self.upstream.write(data)
+        self._drain()
+        return True
 
     def _malformed(self, err: PgError) -> None:
         """A malformed message on the local path (a pgml statement or a name a local one owns):

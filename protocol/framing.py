@@ -68,6 +68,35 @@ class Framer:
         self._chunks_len = 0
         self._need = 0
 
+    @property
+    def max_message_size(self) -> int:
+        return self._max_message_size
+
+    def whole_message_types(self, data: bytes) -> bytes | None:
+        """The type bytes of the messages in `data` when nothing is buffered and `data` is exactly
+        a run of complete typed messages that next_frame() would accept; else None (and nothing
+        is consumed: feed() and next_frame() then take the data and say what is wrong).
+
+        A relay that only needs each message's type can then forward the packet as it came,
+        without a Frame, a slice or a copy per message."""
+        limits = self.type_limits
+        if not self._typed or limits is None or self._pos < len(self._buf) or self._chunks:
+            return None
+        n, pos, max_size = len(data), 0, self._max_message_size
+        unpack = _I32.unpack_from
+        kinds = bytearray()
+        while pos < n:
+            if n - pos < 5:
+                return None
+            t = data[pos]
+            limit = limits.get(t)
+            length = unpack(data, pos + 1)[0]
+            if limit is None or length < 4 or length > limit or length > max_size:
+                return None
+            kinds.append(t)
+            pos += 1 + length
+        return bytes(kinds) if pos == n else None
+
     def set_typed(self) -> None:
         """Switch from startup packets to typed messages (after the StartupMessage)."""
         self._typed = True

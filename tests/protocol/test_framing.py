@@ -186,3 +186,47 @@ def test_fuzz_framer_raises_only_protocol_violation(data, startup):
         return
     consumed = sum(len(f.raw) for f in frames)
     assert consumed + framer.buffered() == len(data)
+
+
+# ---------------------------------------------------------------- whole_message_types (relay fast path)
+
+def _frontend_framer(max_message_size: int | None = None) -> Framer:
+    from protocol.framing import FRONTEND_LIMITS
+    framer = Framer() if max_message_size is None else Framer(max_message_size=max_message_size)
+    framer.type_limits = FRONTEND_LIMITS
+    return framer
+
+
+def test_whole_message_types_lists_the_types_of_a_complete_packet():
+    framer = _frontend_framer()
+    packet = b"".join(TYPED_STREAM)
+    assert framer.whole_message_types(packet) == bytes(raw[0] for raw in TYPED_STREAM)
+    assert framer.buffered() == 0                      # nothing consumed: a check only
+
+
+@given(st.integers(min_value=1, max_value=len(b"".join(TYPED_STREAM)) - 1))
+def test_whole_message_types_refuses_a_partial_packet(cut):
+    packet = b"".join(TYPED_STREAM)
+    boundaries = set()
+    pos = 0
+    for raw in TYPED_STREAM:
+        pos += len(raw)
+        boundaries.add(pos)
+    result = _frontend_framer().whole_message_types(packet[:cut])
+    if cut in boundaries:
+        assert result is not None
+    else:
+        assert result is None
+
+
+def test_whole_message_types_leaves_anything_the_framer_would_refuse_to_the_framer():
+    framer = _frontend_framer(max_message_size=1000)
+    sync = m.Sync().encode()
+    assert framer.whole_message_types(b"Z" + sync[1:]) is None                     # not a frontend type
+    assert framer.whole_message_types(b"S\x00\x00\x00\x03") is None                # length below 4
+    assert framer.whole_message_types(m.CopyData(b"x" * 2000).encode()) is None    # over --max-message-mb
+    assert framer.whole_message_types(b"H\x00\x00\x27\x20" + b"\x00" * 9996) is None  # Flush over its limit
+    assert framer.whole_message_types(sync) == b"S"
+    framer.feed(sync[:3])                                                         # something is buffered
+    assert framer.whole_message_types(sync) is None
+    assert Framer().whole_message_types(sync) is None                             # no type limits: startup/upstream side
