@@ -11,7 +11,7 @@ import struct
 
 import numpy as np
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from protocol import messages as m
 from protocol import sqlstate, types
@@ -283,6 +283,9 @@ class LocalRunner:
             out.append(frame.raw)
             session.queue.append(Pending(pq.EXT))
             return
+        if self._may_be_skipped():
+            session.route_after_answers(frame)
+            return
         if route.kind == ERROR:
             self._error(route.error, parse=True)
             return
@@ -294,8 +297,8 @@ class LocalRunner:
         inferred = self._param_types(route)
         oids = [declared[i] if i < len(declared) and declared[i] else t for i, t in enumerate(inferred)]
         oids += declared[len(oids):]
-        session.prepared[msg.name] = LocalPrepared(msg.name, msg.query, route, oids)
-        self._reply_unless_aborted(_PARSE_COMPLETE)
+        prepared = LocalPrepared(msg.name, msg.query, route, oids)
+        self._reply_unless_aborted(_PARSE_COMPLETE, _store(session.prepared, msg.name, prepared))
 
     @staticmethod
     def _param_types(route: Route) -> list[int]:
@@ -325,7 +328,21 @@ class LocalRunner:
         raw = bytes(payload)
         return raw[: raw.index(b"\x00")].decode() in self.session.portals
 
+    def _may_be_skipped(self) -> bool:
+        """Whether an earlier message of this batch (since the last Sync) still awaits an answer
+        that may be an error, after which PostgreSQL would skip this one until Sync."""
+        for item in reversed(self.session.queue):
+            if type(item) is Pending:
+                if item.kind == pq.SYNC:
+                    return False
+                if item.kind == pq.EXT:
+                    return True
+        return False
+
     def dispatch(self, t: int, frame, out: list) -> None:
+        if t != 0x44 and self._may_be_skipped():     # Bind and Close store or drop a name
+            self.session.route_after_answers(frame)
+            return
         if t == 0x42:
             self._bind(m.Bind.decode(frame.payload))
         elif t == 0x44:
@@ -356,9 +373,8 @@ class LocalRunner:
             self._error(PgError(sqlstate.INVALID_BINARY_REPRESENTATION,
                                 f"incorrect binary data format in bind parameter: {exc}"))
             return
-        session.portals[msg.portal] = LocalPortal(msg.portal, prepared, params, list(msg.result_formats),
-                                                  msg if rewritten else None)
-        self._reply_unless_aborted(_BIND_COMPLETE)
+        portal = LocalPortal(msg.portal, prepared, params, list(msg.result_formats), msg if rewritten else None)
+        self._reply_unless_aborted(_BIND_COMPLETE, _store(session.portals, msg.portal, portal))
 
     def _describe(self, msg: m.Describe) -> None:
         session = self.session
@@ -428,10 +444,11 @@ class LocalRunner:
     def _reply(self, data: bytes) -> None:
         self.session.queue.append(LocalItem(data=data))
 
-    def _reply_unless_aborted(self, data: bytes) -> None:
+    def _reply_unless_aborted(self, data: bytes, undo) -> None:
         """PostgreSQL refuses Parse and Bind in a failed transaction (25P02, until ROLLBACK), so must we.
         The transaction status is certain only once every earlier ReadyForQuery has come back; while one
-        is outstanding, decide when this answer reaches the head of the queue (rare: pipelines)."""
+        is outstanding, decide when this answer reaches the head of the queue (rare: pipelines).
+        undo takes back what the Parse or Bind stored if it is refused: PostgreSQL stores nothing then."""
         session = self.session
         if session.tx_status != "E" and not any(
                 isinstance(item, Pending) and item.kind != pq.EXT for item in session.queue):
@@ -440,6 +457,7 @@ class LocalRunner:
 
         async def reply() -> None:
             if session.tx_status == "E":
+                undo()
                 raise _aborted_transaction()
             session.emit(data)
         session.push_local(LocalItem(run=reply))
@@ -454,6 +472,20 @@ class LocalRunner:
                 raise _aborted_transaction()
             raise err
         self.session.push_local(LocalItem(run=fail))
+
+
+def _store(names: dict, name: str, value) -> Callable[[], None]:
+    """names[name] = value now; returns what restores the previous entry, if value is still there."""
+    previous = names.get(name)
+    names[name] = value
+
+    def undo() -> None:
+        if names.get(name) is value:
+            if previous is None:
+                del names[name]
+            else:
+                names[name] = previous
+    return undo
 
 
 def _aborted_transaction() -> PgError:

@@ -124,6 +124,7 @@ class Session:
         self.runner = LocalRunner(self)
         self.readable_models: set[int] = set()   # models this client's role was seen to read
         self._frame_type = 0                      # type of the frame being routed (for _malformed)
+        self._deferred = None                     # a frame to route again (route_after_answers)
         self.startup_timer = asyncio.get_running_loop().call_later(
             ctx.config.startup_timeout, self._startup_timed_out)
         ctx.sessions.add(self)
@@ -335,7 +336,8 @@ class Session:
         was_blocked = self.blocked
         synced_at = 0                   # len(out) at this pump's last Sync
         try:
-            while not self.blocked and (frame := framer.next_frame()) is not None:
+            while not self.blocked and (frame := self._deferred or framer.next_frame()) is not None:
+                self._deferred = None
                 t = self._frame_type = frame.type
                 if self.failed_until_sync and t != S:
                     if t == X:
@@ -395,13 +397,29 @@ class Session:
             if len(out) > synced_at:
                 self.unsynced = True
             if self.upstream is not None:
-                if self.blocked and not was_blocked and queue and not isinstance(queue[0], LocalItem):
+                if self.blocked and not was_blocked and any(type(item) is Pending for item in queue):
                     # A local step waits for the upstream's answers to what precedes it, which a
                     # pipelining client may have sent in an earlier packet without Sync or Flush.
+                    # (Any forwarded message counts, not only the head: local answers ahead of it
+                    # are emitted at once and must not leave the upstream holding its answer.)
                     out.append(_FLUSH)
                 if out:
                     self.upstream.write(b"".join(out))
         self._drain()
+
+    def route_after_answers(self, frame) -> None:
+        """Route `frame` again once every answer queued before it has arrived.
+
+        Whether PostgreSQL stores (or closes) a statement or portal depends on the messages before
+        it in the batch: after an error it skips everything up to Sync. A local Parse, Bind or
+        Close routed while such an answer is outstanding therefore waits behind a barrier; if
+        the batch fails, the barrier is dropped and the frame is skipped like the rest (found by
+        the protocol fuzz test: a skipped local Parse must not make a later one a duplicate)."""
+        self._deferred = frame
+
+        async def barrier() -> None:
+            return None
+        self.push_local(LocalItem(run=barrier))
 
     def push_local(self, item: LocalItem) -> None:
         """Queue a local answer; a coroutine item stops the pump until it has run."""
@@ -568,7 +586,7 @@ class Session:
         if self.queue and isinstance(self.queue[0], LocalItem):
             self._drain()
             self._flush_client()
-        if not self.blocked and self.framer.buffered():
+        if not self.blocked and (self.framer.buffered() or self._deferred is not None):
             # An upstream error may have dropped the local step the pump was waiting for.
             self._pump()
             self._flush_client()

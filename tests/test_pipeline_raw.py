@@ -92,6 +92,16 @@ SCENARIOS = {
     "duplicate name in failed transaction": lambda v: [
         m.Parse("s3", v, []), m.Sync(), m.Query("BEGIN"), m.Query("SELECT 1/0"),
         m.Parse("s3", v, []), m.Sync(), m.Query(v), m.Query("ROLLBACK"), m.Parse("s3", v, []), m.Sync()],
+    # Found by fuzzing: a Parse/Bind skipped after an earlier error stores no statement or portal.
+    "statement skipped after an error": lambda v: [
+        *extended("SELECT 1/0"), m.Parse("s5", v, []), m.Bind("p5", "s5", [], [], []), m.Sync(),
+        m.Parse("s5", v, []), m.Bind("", "s5", [], [], []), m.Execute("", 0), m.Sync()],
+    "unnamed statement skipped after an error": lambda v: [
+        m.Parse("", v, []), m.Sync(), *extended("SELECT 1/0"), m.Parse("", v, []), m.Sync(),
+        m.Bind("", "", [], [], []), m.Execute("", 0), m.Sync()],
+    "portal skipped after an error": lambda v: [
+        m.Parse("s6", v, []), m.Sync(), m.Query("BEGIN"), *extended("SELECT 1/0"), m.Bind("p6", "s6", [], [], []),
+        m.Sync(), m.Query("ROLLBACK"), m.Query("BEGIN"), m.Describe("P", "p6"), m.Sync(), m.Query("ROLLBACK")],
 }
 
 
