@@ -684,11 +684,19 @@ class Session:
             (self.client.resume_reading if on else self.client.pause_reading)()
 
     def cancel(self) -> None:
-        """A CancelRequest with this session's key: stop the local step and the upstream query."""
-        if self.local_task is not None:
-            self.local_task.cancel()
+        """A CancelRequest with this session's key: stop the upstream query and the local step."""
+        asyncio.ensure_future(self._cancel())
+
+    async def _cancel(self) -> None:
+        # The upstream's cancel goes first and is complete (the backend signalled) before the
+        # local step is stopped: the client can send its next statement only after the local
+        # step's 57014, and by then a cancel that found the backend idle has been ignored rather
+        # than left to hit that next statement (found by tests/test_sql_api.py's cancel test).
+        task = self.local_task
         if self.upstream_key is not None:
-            asyncio.ensure_future(self.ctx.cancel_upstream(*self.upstream_key))
+            await self.ctx.cancel_upstream(*self.upstream_key)
+        if task is not None and task is self.local_task and not task.done():
+            task.cancel()
 
     def _startup_timed_out(self) -> None:
         if self.phase in ("startup", "tls", "connecting", "auth"):
