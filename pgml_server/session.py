@@ -519,6 +519,8 @@ class Session:
             self._auth_upstream(data)
             self._flush_client()
             return
+        if not self.relay_left and not self.ubuf and not self.blocked and self._relay_packet(data):
+            return
         out = self.out
         if self.relay_left:
             # The tail of a large client-bound message: pass it through as it comes.
@@ -590,6 +592,49 @@ class Session:
             # An upstream error may have dropped the local step the pump was waiting for.
             self._pump()
             self._flush_client()
+
+    def _relay_packet(self, data: bytes) -> bool:
+        """The relay fast path: when every entry in the FIFO is a plain relayed one (no consumer,
+        no local answer) and `data` is exactly whole messages, only the FIFO needs the messages'
+        types; the packet goes to the client as received. Returns False, having changed nothing,
+        otherwise (the general loop below then handles it)."""
+        queue = self.queue
+        for item in queue:
+            if type(item) is not Pending or item.consumer is not None:
+                return False
+        n, pos = len(data), 0
+        unpack = _I32.unpack_from
+        ends = []
+        while pos < n:
+            if n - pos < 5:
+                return False
+            pos += 1 + unpack(data, pos + 1)[0]
+            ends.append(pos)
+        if pos != n:
+            return False
+        start = 0
+        for end in ends:
+            t = data[start]
+            if t not in pq.ASYNC and queue:
+                if queue[0].kind == pq.EXT:
+                    if t == ERR:
+                        queue.popleft()
+                        while queue and queue[0].kind != pq.SYNC:    # _drop_until_sync, plain entries
+                            queue.popleft()
+                        if not queue:
+                            self.failed_until_sync = True
+                    elif t in pq.EXT_DONE:
+                        queue.popleft()
+                elif t == Z:
+                    self.tx_status = chr(data[start + 5])
+                    queue.popleft()
+            start = end
+        self.out.append(data)
+        self._flush_client()
+        if self.framer.buffered() or self._deferred is not None:
+            self._pump()
+            self._flush_client()
+        return True
 
     def _account(self, t: int, head, payload) -> None:
         """Advance the FIFO for one upstream response of type t."""
