@@ -99,6 +99,10 @@ SCENARIOS = {
     "unnamed statement skipped after an error": lambda v: [
         m.Parse("", v, []), m.Sync(), *extended("SELECT 1/0"), m.Parse("", v, []), m.Sync(),
         m.Bind("", "", [], [], []), m.Execute("", 0), m.Sync()],
+    # A new name refused with 25P02 in a failed transaction is not stored either.
+    "new name refused in a failed transaction": lambda v: [
+        m.Query("BEGIN"), m.Query("SELECT 1/0"), m.Parse("s7", v, []), m.Sync(), m.Query("ROLLBACK"),
+        m.Parse("s7", v, []), m.Bind("", "s7", [], [], []), m.Execute("", 0), m.Sync()],
     "portal skipped after an error": lambda v: [
         m.Parse("s6", v, []), m.Sync(), m.Query("BEGIN"), *extended("SELECT 1/0"), m.Bind("p6", "s6", [], [], []),
         m.Sync(), m.Query("ROLLBACK"), m.Query("BEGIN"), m.Describe("P", "p6"), m.Sync(), m.Query("ROLLBACK")],
