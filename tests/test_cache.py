@@ -242,6 +242,35 @@ def test_gpu_flags_reach_the_server_and_its_plans(fresh_db, start_server):
 
 # ---------------------------------------------------------------- (c) replicas
 
+def test_the_deploying_server_uses_the_new_model_at_once(fresh_db, start_server):
+    """The server that makes a deploy drops its cached model itself instead of waiting for its own
+    NOTIFY: with its LISTEN connection just cut (it reconnects within about a second), a train
+    that deploys and a rollback through it are what its very next predictions use."""
+    db = fresh_db("pgml_cache_own_deploy")
+    srv = on(start_server, db)
+    listening = ("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' "
+                 "AND datname = current_database()")
+    with connect(srv) as conn:
+        conn.execute("SELECT pgml.load_dataset('diabetes')")
+
+        def cut_listen() -> None:
+            assert wait_for(lambda: conn.execute(listening).fetchone()[0], REPLICA_WAIT)[0]
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE query LIKE 'LISTEN%' AND datname = current_database()")
+
+        assert train(conn, "own", "lasso", '{"alpha": 5}')[3] is True
+        weak = predict(conn, "own")                                     # now cached
+        cut_listen()
+        assert train(conn, "own", "linear")[3] is True                  # better: deployed at once
+        linear_id = deployed_ids(conn)["own"]
+        strong = conn.execute(f"SELECT pgml.predict(%s, {FEATS})", (linear_id,)).fetchone()[0]
+        assert strong != pytest.approx(weak, rel=1e-3)
+        assert predict(conn, "own") == pytest.approx(strong, rel=1e-6)
+        cut_listen()
+        assert conn.execute("SELECT * FROM pgml.deploy('own', 'rollback')").fetchone()[2] == "lasso"
+        assert predict(conn, "own") == pytest.approx(weak, rel=1e-6)
+
+
 def test_replica_follows_automatic_deploy_rollback_and_deploy_by_id(fresh_db, start_server):
     """Through server A: train (automatically deployed), rollback; through B: deploy a model id.
     The other server predicts with the new model each time (normally within a second; the wait is

@@ -129,6 +129,7 @@ async def _run_training(ctx, args: dict, task: str | None, joint: bool):
     deployed = False
     if args["automatic_deploy"] and await registry.should_auto_deploy(ex, project.id, model_id, key_metric(task)):
         await registry.deploy_model_id(ex, model_id, strategy="new_score")
+        _forget_deployed(ctx, name)
         deployed = True
     score = metrics.get(key_metric(task))
     ctx.notice(f"pgml.train: model {model_id} ({args['algorithm']}) {key_metric(task)}="
@@ -303,6 +304,7 @@ async def _deploy(ctx, project_name: str, strategy: str, algorithm: str | None):
                       f'no model of project "{project_name}" qualifies for strategy {strategy}'
                       + (f" with algorithm {algorithm}" if algorithm else ""),
                       hint="Only successfully trained models can be deployed; rollback needs an earlier deployment.")
+    _forget_deployed(ctx, project_name)
     info = await registry.model_info(ex, model_id)
     return (project_name, strategy, info["algorithm"])
 
@@ -313,4 +315,14 @@ async def _deploy_id(ctx, model_id: int):
     if info is None or info.get("status") != "successful":
         raise PgError(sqlstate.UNDEFINED_OBJECT, f"model {model_id} does not exist or did not train successfully")
     await registry.deploy_model_id(ex, model_id, strategy="specific")
+    _forget_deployed(ctx, info["project_name"])
     return (info["project_name"], "specific", info["algorithm"])
+
+
+def _forget_deployed(ctx, project_name: str) -> None:
+    """This server's cache drops the project's deployed model at once. Every server (this one too)
+    also gets the NOTIFY, but it arrives on another connection a moment later, and the client that
+    deployed may predict before that (found by tests/test_cache.py: a stale first prediction).
+    If the deploy is not committed yet, a prediction meanwhile reloads the old model and the
+    NOTIFY at commit drops it again."""
+    ctx.server.services.cache.invalidate_project(project_name)
