@@ -309,24 +309,28 @@ class LocalRunner:
         return []
 
     def handles(self, t: int, payload) -> bool:
+        """Whether a Bind, Describe or Close names a local statement or portal. Anything else, a
+        name that is not valid UTF-8 or an unknown Describe/Close subtype included, goes to the
+        upstream, which answers it as PostgreSQL does (found by the live fuzz test: a garbage
+        Close is 08P01 there, the subtype being checked first and names not re-encoded)."""
         session = self.session
         raw = bytes(payload)
         if t == 0x42:  # Bind: portal\0statement\0
             first = raw.index(b"\x00")
-            portal = raw[:first].decode()
-            stmt = raw[first + 1: raw.index(b"\x00", first + 1)].decode()
-            if stmt in session.prepared:
+            portal = _name(raw[:first])
+            stmt = _name(raw[first + 1: raw.index(b"\x00", first + 1)])
+            if stmt is not None and stmt in session.prepared:
                 return True
             session.portals.pop(portal, None)   # a forwarded Bind replaces a local portal of that name
             return False
-        kind, name = chr(raw[0]), raw[1:-1].decode()
-        if kind == "S":
+        kind, name = raw[:1], _name(raw[1:-1])
+        if kind == b"S":
             return name in session.prepared
-        return name in session.portals
+        return kind == b"P" and name in session.portals
 
     def is_local_portal(self, payload) -> bool:
         raw = bytes(payload)
-        return raw[: raw.index(b"\x00")].decode() in self.session.portals
+        return _name(raw[: raw.index(b"\x00")]) in self.session.portals
 
     def _may_be_skipped(self) -> bool:
         """Whether an earlier message of this batch (since the last Sync) still awaits an answer
@@ -472,6 +476,14 @@ class LocalRunner:
                 raise _aborted_transaction()
             raise err
         self.session.push_local(LocalItem(run=fail))
+
+
+def _name(raw: bytes) -> str | None:
+    """A statement or portal name; None when it is not UTF-8, so it can name nothing local."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return None
 
 
 def _store(names: dict, name: str, value) -> Callable[[], None]:

@@ -72,6 +72,11 @@ def extended(sql: str, name: str = "", portal: str = "", formats=()) -> list:
             m.Execute(portal, 0)]
 
 
+def _raw(kind: bytes, body: bytes) -> bytes:
+    """A message with any body, malformed ones included."""
+    return kind + _I32.pack(len(body) + 4) + body
+
+
 SCENARIOS = {
     "mixed pipeline": lambda v: [*extended("SELECT 1"), *extended(v), *extended("SELECT 2"), m.Sync()],
     "error until sync": lambda v: [*extended("SELECT 1/0"), *extended(v), *extended("SELECT 3"), m.Sync(),
@@ -103,6 +108,12 @@ SCENARIOS = {
     "new name refused in a failed transaction": lambda v: [
         m.Query("BEGIN"), m.Query("SELECT 1/0"), m.Parse("s7", v, []), m.Sync(), m.Query("ROLLBACK"),
         m.Parse("s7", v, []), m.Bind("", "s7", [], [], []), m.Execute("", 0), m.Sync()],
+    # Found by fuzzing: with a local statement in the session, a Close with an unknown subtype and
+    # a name that is not UTF-8 is PostgreSQL's 08P01 (subtype checked first), not 22021.
+    "garbage close and describe": lambda v: [
+        m.Parse("s8", v, []), m.Sync(), _raw(b"C", b"\xa7\xc0\x03name\x00"), m.Sync(),
+        _raw(b"D", b"S\xc0\x03\x00"), m.Sync(), _raw(b"C", b"Xs8\x00"), m.Sync(),
+        m.Bind("", "s8", [], [], []), m.Execute("", 0), m.Sync()],
     "portal skipped after an error": lambda v: [
         m.Parse("s6", v, []), m.Sync(), m.Query("BEGIN"), *extended("SELECT 1/0"), m.Bind("p6", "s6", [], [], []),
         m.Sync(), m.Query("ROLLBACK"), m.Query("BEGIN"), m.Describe("P", "p6"), m.Sync(), m.Query("ROLLBACK")],
