@@ -13,6 +13,7 @@ import logging
 import re
 import struct
 from collections import deque
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from protocol import messages as m
@@ -594,42 +595,40 @@ class Session:
             self._flush_client()
 
     def _relay_packet(self, data: bytes) -> bool:
-        """The relay fast path: when every entry in the FIFO is a plain relayed one (no consumer,
-        no local answer) and `data` is exactly whole messages, only the FIFO needs the messages'
-        types; the packet goes to the client as received. Returns False, having changed nothing,
-        otherwise (the general loop below then handles it)."""
-        queue = self.queue
-        for item in queue:
-            if type(item) is not Pending or item.consumer is not None:
-                return False
+        """The relay fast path: when `data` is exactly whole messages, none an ErrorResponse, and
+        the FIFO entries they can advance are plain relayed ones (no consumer, no local answer),
+        only the FIFO needs the messages' types; the packet goes to the client as received.
+        Returns False, having changed nothing, otherwise (the general loop below handles it)."""
         n, pos = len(data), 0
         unpack = _I32.unpack_from
         ends = []
         while pos < n:
-            if n - pos < 5:
+            if n - pos < 5 or data[pos] == ERR:     # an error skips entries to Sync: the general loop
                 return False
             pos += 1 + unpack(data, pos + 1)[0]
             ends.append(pos)
         if pos != n:
             return False
+        queue = self.queue
+        # Each message advances the FIFO by one entry at most, so only that many need checking
+        # (not the whole FIFO, which a long pipeline makes long: quadratic otherwise).
+        for item in islice(queue, len(ends)):
+            if type(item) is not Pending or item.consumer is not None:
+                return False
         start = 0
         for end in ends:
             t = data[start]
             if t not in pq.ASYNC and queue:
                 if queue[0].kind == pq.EXT:
-                    if t == ERR:
-                        queue.popleft()
-                        while queue and queue[0].kind != pq.SYNC:    # _drop_until_sync, plain entries
-                            queue.popleft()
-                        if not queue:
-                            self.failed_until_sync = True
-                    elif t in pq.EXT_DONE:
+                    if t in pq.EXT_DONE:
                         queue.popleft()
                 elif t == Z:
                     self.tx_status = chr(data[start + 5])
                     queue.popleft()
             start = end
         self.out.append(data)
+        if queue and type(queue[0]) is LocalItem:    # a local answer right after these ones
+            self._drain()
         self._flush_client()
         if self.framer.buffered() or self._deferred is not None:
             self._pump()
