@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from protocol import messages as m
 from protocol import sqlstate, types
-from protocol.errors import PgError
+from protocol.errors import PgError, ProtocolViolation
 
 from . import pending as pq
 from .functions.base import RECORD
@@ -271,7 +271,15 @@ class LocalRunner:
 
     def parse(self, frame, out: list) -> None:
         session = self.session
-        msg = m.Parse.decode(frame.payload)
+        try:
+            msg = m.Parse.decode(frame.payload)
+        except ProtocolViolation:
+            # PostgreSQL rejects a malformed Parse (truncated, a string without its NUL or not
+            # UTF-8) while reading it, before it looks at names or text: its answer (08P01 or
+            # 22021) is the right one, and nothing local changes (found by the live fuzz test).
+            out.append(frame.raw)
+            session.queue.append(Pending(pq.EXT))
+            return
         route = session.ctx.router.classify(msg.query) if b"pgml" in bytes(frame.payload).lower() else None
         if route is None or route.kind == FORWARD:
             if msg.name in session.prepared:

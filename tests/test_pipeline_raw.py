@@ -114,6 +114,11 @@ SCENARIOS = {
         m.Parse("s8", v, []), m.Sync(), _raw(b"C", b"\xa7\xc0\x03name\x00"), m.Sync(),
         _raw(b"D", b"S\xc0\x03\x00"), m.Sync(), _raw(b"C", b"Xs8\x00"), m.Sync(),
         m.Bind("", "s8", [], [], []), m.Execute("", 0), m.Sync()],
+    # Found by fuzzing: a malformed Parse (here truncated, with a query that is not UTF-8) is
+    # answered as PostgreSQL reads it (22021 here), also in a session that has a local statement.
+    "malformed parse beside a local statement": lambda v: [
+        m.Parse("", v, []), _raw(b"P", b"\x00S\xb1\x80\x00"), m.Describe("S", ""), m.Sync(),
+        _raw(b"P", b"\x00SELECT 1\x00\x00\x05"), m.Sync(), m.Bind("", "", [], [], []), m.Execute("", 0), m.Sync()],
     "portal skipped after an error": lambda v: [
         m.Parse("s6", v, []), m.Sync(), m.Query("BEGIN"), *extended("SELECT 1/0"), m.Bind("p6", "s6", [], [], []),
         m.Sync(), m.Query("ROLLBACK"), m.Query("BEGIN"), m.Describe("P", "p6"), m.Sync(), m.Query("ROLLBACK")],
