@@ -277,7 +277,7 @@ class Session:
                 self._malformed(PgError(sqlstate.CHARACTER_NOT_IN_REPERTOIRE,
                                         'invalid byte sequence for encoding "UTF8"'))
             except ValueError:     # a missing NUL met while peeking at statement and portal names
-                self._malformed(ProtocolViolation("invalid message format"))
+                self._malformed(ProtocolViolation("invalid string in message"))   # PostgreSQL's wording
             except Exception as exc:   # a bug: this connection ends with a message, it never hangs
                 log.exception("session failed")
                 self._fatal(PgError(sqlstate.INTERNAL_ERROR, f"pgml-server internal error: {exc}",
@@ -328,6 +328,11 @@ class Session:
         async def fail() -> None:
             raise err
         self.push_local(LocalItem(run=fail, extended=self._frame_type != Q))
+        if self.upstream is not None and any(type(item) is Pending for item in self.queue):
+            # The error waits for the answers to what the pump forwarded before it, which went
+            # out without Sync or Flush (the pump stopped on the bad message): ask for them now
+            # (found by the live fuzz test: a malformed Bind after a forwarded Parse hung).
+            self.upstream.write(_FLUSH)
         self._drain()
 
     def _pump_frames(self) -> None:

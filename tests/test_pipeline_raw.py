@@ -119,6 +119,11 @@ SCENARIOS = {
     "malformed parse beside a local statement": lambda v: [
         m.Parse("", v, []), _raw(b"P", b"\x00S\xb1\x80\x00"), m.Describe("S", ""), m.Sync(),
         _raw(b"P", b"\x00SELECT 1\x00\x00\x05"), m.Sync(), m.Bind("", "", [], [], []), m.Execute("", 0), m.Sync()],
+    # Found by fuzzing: a malformed Bind after a forwarded Parse, in a session with a local
+    # statement, is answered (08P01) instead of waiting for an upstream answer never asked for.
+    "malformed bind after a forwarded parse": lambda v: [
+        m.Parse("", v, []), m.Parse("s9", "SELECT $1::int", [23]), _raw(b"B", b""), m.Sync(),
+        *extended("SELECT 9"), m.Sync()],
     "portal skipped after an error": lambda v: [
         m.Parse("s6", v, []), m.Sync(), m.Query("BEGIN"), *extended("SELECT 1/0"), m.Bind("p6", "s6", [], [], []),
         m.Sync(), m.Query("ROLLBACK"), m.Query("BEGIN"), m.Describe("P", "p6"), m.Sync(), m.Query("ROLLBACK")],
