@@ -399,6 +399,10 @@ class Session:
                 else:
                     # Flush, CopyData/CopyDone/CopyFail and anything unknown: the upstream decides.
                     out.append(frame.raw)
+                    if t == H and len(frame.payload):
+                        # A Flush with a body is malformed: PostgreSQL answers 08P01 and skips
+                        # to Sync, so this one has an answer to wait for (found by the fuzz test).
+                        queue.append(Pending(pq.EXT))
         finally:
             if len(out) > synced_at:
                 self.unsynced = True

@@ -36,6 +36,10 @@ FRONTEND_LIMITS = {
 }
 
 
+# Frontend messages that have no body (their length is always 4).
+_BODILESS = frozenset(b"SHcX")
+
+
 class Frame(NamedTuple):
     """One complete message: type byte (0 in the startup phase), payload and the raw bytes."""
 
@@ -78,7 +82,8 @@ class Framer:
         is consumed: feed() and next_frame() then take the data and say what is wrong).
 
         A relay that only needs each message's type can then forward the packet as it came,
-        without a Frame, a slice or a copy per message."""
+        without a Frame, a slice or a copy per message. A Sync, Flush, CopyDone or Terminate with
+        a body also gives None: such a message is malformed and gets an answer of its own."""
         limits = self.type_limits
         if not self._typed or limits is None or self._pos < len(self._buf) or self._chunks:
             return None
@@ -92,6 +97,8 @@ class Framer:
             limit = limits.get(t)
             length = unpack(data, pos + 1)[0]
             if limit is None or length < 4 or length > limit or length > max_size:
+                return None
+            if length != 4 and t in _BODILESS:     # malformed: left to the caller's general path
                 return None
             kinds.append(t)
             pos += 1 + length

@@ -170,3 +170,19 @@ def test_garbage_closes_only_that_connection(server):
     healthy.send(m.Query("SELECT 42"))
     assert ("C", b"SELECT 1\x00") in healthy.read_until_ready()
     healthy.close()
+
+
+def test_flush_with_a_body_is_answered_like_postgres(server, upstream):
+    """Found by fuzzing: a Flush with a body is malformed; PostgreSQL answers 08P01 and skips to
+    Sync, the Query after it included. The server must not wait for that Query's answer (a local
+    statement after it would wait behind it for ever)."""
+    answers = []
+    for (host, port), v in (((upstream.host, upstream.port), STAND_IN), ((server.host, server.port), LOCAL)):
+        client = RawClient(host, port)
+        try:
+            client.send(_raw(b"H", b"~"), m.Query("SELECT 2"), m.Sync(), m.Query("SELECT 3"), m.Query(v))
+            answers.append(normalise(client.read_until_ready(3)))
+        finally:
+            client.close()
+    assert answers[1] == answers[0]
+    assert [t for t, _ in answers[0]] == ["E", "Z", "T", "D", "C", "Z", "T", "D", "C", "Z"]

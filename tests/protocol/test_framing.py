@@ -227,6 +227,8 @@ def test_whole_message_types_leaves_anything_the_framer_would_refuse_to_the_fram
     assert framer.whole_message_types(m.CopyData(b"x" * 2000).encode()) is None    # over --max-message-mb
     assert framer.whole_message_types(b"H\x00\x00\x27\x20" + b"\x00" * 9996) is None  # Flush over its limit
     assert framer.whole_message_types(sync) == b"S"
+    assert framer.whole_message_types(b"H\x00\x00\x00\x05~") is None                # a Flush with a body
+    assert framer.whole_message_types(b"S\x00\x00\x00\x05~") is None                # a Sync with a body
     framer.feed(sync[:3])                                                         # something is buffered
     assert framer.whole_message_types(sync) is None
     assert Framer().whole_message_types(sync) is None                             # no type limits: startup/upstream side
