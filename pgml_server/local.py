@@ -319,8 +319,8 @@ class LocalRunner:
     def handles(self, t: int, payload) -> bool:
         """Whether a Bind, Describe or Close names a local statement or portal. Anything else, a
         name that is not valid UTF-8 or an unknown Describe/Close subtype included, goes to the
-        upstream, which answers it as PostgreSQL does (found by the live fuzz test: a garbage
-        Close is 08P01 there, the subtype being checked first and names not re-encoded)."""
+        upstream, which answers it as PostgreSQL does, in PostgreSQL's order of checks (found by
+        the live fuzz test: a garbage Close got 22021 here where PostgreSQL says 08P01)."""
         session = self.session
         raw = bytes(payload)
         if t == 0x42:  # Bind: portal\0statement\0
