@@ -97,10 +97,9 @@ async def authorize(ctx, model: CachedModel) -> None:
 def run_plan(model: CachedModel, function: str, X: np.ndarray):
     """A block of rows through the model's plan, for the batch paths; a refusal by the plan (NaN
     features for a model that takes none, no probabilities) is the caller's input error (22023)."""
-    try:
-        return model.plan.predict_proba(X) if function == "predict_proba" else model.plan.predict(X)
-    except PlanError as exc:
-        raise PgError(sqlstate.INVALID_PARAMETER_VALUE, str(exc)) from None
+    if function == "predict_proba":
+        return _checked(lambda m: m.plan.predict_proba(X), model)
+    return _checked(lambda m: m.plan.predict(X), model)
 
 
 def check_features(model: CachedModel, X: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -133,10 +134,9 @@ def compile_plan(estimator: Any, task: str, *, gpu: str = "off", native: bool = 
 
 def _compile_one(estimator: Any, task: str, gpu: str, native: bool = True):
     from . import linear, trees
-    for compiler in (linear.compile_linear, trees.compile_trees):
+    for compiler in (linear.compile_linear, partial(trees.compile_trees, native=native)):
         try:
-            plan = compiler(estimator, task, gpu=gpu) if compiler is linear.compile_linear \
-                else compiler(estimator, task, gpu=gpu, native=native)
+            plan = compiler(estimator, task, gpu=gpu)
         except Exception as exc:   # a compiler bug must not make the model unservable
             log.warning("compiling %s failed, serving it with its own predict: %r", type(estimator).__name__, exc)
             return None
