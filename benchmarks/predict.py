@@ -315,7 +315,7 @@ async def main(args) -> None:
         print(f"  in process, one row: LGBMRegressor.predict {native * 1e6:.1f} µs, "
               f"Booster.predict(num_threads=1) {booster * 1e6:.1f} µs", end="")
         try:
-            from pgml_server.inference import compile_plan
+            from pgml_server.ml.inference import compile_plan
             plan = compile_plan(estimator, "regression")
             print(f", pgml-server plan {per_call(lambda: plan.predict(X)) * 1e6:.1f} µs")
         except Exception as exc:  # the plan API is not this script's business; report and go on

@@ -33,7 +33,7 @@ def setup(dsn: str, rows: int) -> None:
 
 def by_hand(dsn: str, algorithm: str) -> float:
     from sklearn.model_selection import train_test_split
-    from pgml_server.training.algorithms import make_estimator
+    from pgml_server.ml.training.algorithms import make_estimator
     t0 = time.perf_counter()
     with psycopg.connect(dsn) as conn:
         with conn.cursor(binary=True) as cur:

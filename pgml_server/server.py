@@ -1,87 +1,37 @@
-"""The socket layer: listening, upstream connections, cancel keys, workers and shutdown.
+"""Listening, workers, shutdown, and the wiring: the only module that knows every layer.
 
-This is the only module that opens sockets. One `ServerContext` per worker process holds what
-sessions share: configuration, the router, cancel keys, the upstream address and (once started)
-the server's own registry connection and the model cache.
+One `ServerContext` per worker process holds what sessions share: configuration, the router
+(given the predict rewrites), cancel keys, the upstream address and (once started) the model
+service. It is the `proxy.context.ProxyContext` of every session and gives each its local
+statement runner, so the layers below never import each other upward.
 """
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
-import secrets
 import signal
 import socket
 import ssl
-import struct
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from protocol import messages as m
-from protocol.errors import PgError
 from protocol import sqlstate
+from protocol.errors import PgError
 
 from .config import Config
 from .dsn import UpstreamAddress, parse_dsn
-from .predict_rewrite import rewrite
-from .router import Router
-from .session import ClientProtocol, UpstreamProtocol
-
-if TYPE_CHECKING:
-    from .session import Session
+from .ml.loader import ModelService
+from .proxy.cancel import CancelKeys
+from .proxy.session import Session
+from .proxy.transport import ClientProtocol
+from .proxy.upstream import cancel_upstream, open_upstream
+from .sql.predict import rewrite
+from .sql.router import Router
+from .sql.runner import LocalRunner
 
 log = logging.getLogger("pgml_server")
-
-_WORKER_BITS = 22          # cancel-key pid = worker index << 22 | session counter
-
-
-class CancelKeys:
-    """Our own BackendKeyData per session, so CancelRequest can reach local work and the upstream."""
-
-    def __init__(self, worker: int, runtime_dir: Path | None) -> None:
-        self.worker = worker
-        self.runtime_dir = runtime_dir
-        self._next = 1
-        self._sessions: dict[int, tuple[bytes, "Session"]] = {}
-
-    def allocate(self, session: "Session") -> tuple[int, bytes]:
-        while True:
-            pid = (self.worker << _WORKER_BITS) | self._next
-            self._next = self._next % ((1 << _WORKER_BITS) - 1) + 1
-            if pid not in self._sessions:
-                break
-        secret = secrets.token_bytes(4)
-        self._sessions[pid] = (secret, session)
-        return pid, secret
-
-    def release(self, key: tuple[int, bytes]) -> None:
-        entry = self._sessions.get(key[0])
-        if entry is not None and entry[0] == key[1]:
-            del self._sessions[key[0]]
-
-    def cancel(self, pid: int, secret: bytes) -> None:
-        worker = pid >> _WORKER_BITS
-        if worker != self.worker:
-            asyncio.ensure_future(self._forward(worker, pid, secret))
-            return
-        entry = self._sessions.get(pid)
-        if entry is not None and hmac.compare_digest(entry[0], secret):
-            entry[1].cancel()
-
-    async def _forward(self, worker: int, pid: int, secret: bytes) -> None:
-        """With --workers, the kernel may hand a CancelRequest to any worker: pass it to its owner."""
-        if self.runtime_dir is None:
-            return
-        path = self.runtime_dir / f"cancel-{worker}.sock"
-        try:
-            _, writer = await asyncio.open_unix_connection(str(path))
-            writer.write(m.CancelRequest(pid, secret).encode())
-            await writer.drain()
-            writer.close()
-        except OSError as exc:
-            log.warning("could not forward a cancel request to worker %d: %s", worker, exc)
 
 
 class ServerContext:
@@ -92,60 +42,22 @@ class ServerContext:
         self.upstream_addr: UpstreamAddress = parse_dsn(upstream_dsn)
         self.router = Router(rewriter=rewrite)
         self.cancel_keys = CancelKeys(worker, runtime_dir)
-        self.sessions: set["Session"] = set()
+        self.sessions: set[Session] = set()
         self.tls_context = _server_tls(config)
         self.worker = worker
-        self.services: Any = None          # registry connection, model cache (set by start_services)
+        self.models: ModelService | None = None    # the model cache and its loader (start_services)
 
     def client_count(self) -> int:
         return len(self.sessions)
 
-    async def open_upstream(self, session: "Session") -> None:
-        loop = asyncio.get_running_loop()
-        addr = self.upstream_addr
-        proto = UpstreamProtocol(session)
-        if addr.is_unix:
-            transport, _ = await loop.create_unix_connection(lambda: proto, addr.unix_path)
-        else:
-            transport, _ = await loop.create_connection(lambda: proto, addr.host, addr.port)
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if addr.wants_tls:
-                transport = await self._upstream_tls(loop, transport, proto, addr, session)
-        session.upstream = transport
+    def new_runner(self, session: Session) -> LocalRunner:
+        return LocalRunner(session)
 
-    async def _upstream_tls(self, loop, transport, proto, addr: UpstreamAddress, session: "Session"):
-        proto.handshake = loop.create_future()
-        transport.write(m.SSLRequest().encode())
-        answer = await proto.handshake
-        proto.handshake = None
-        if answer[:1] == b"S":
-            ctx = ssl.create_default_context()
-            if addr.sslmode in ("prefer", "require"):
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            session.upstream_tls = True
-            return await loop.start_tls(transport, proto, ctx, server_hostname=addr.host)
-        if addr.needs_tls:
-            transport.close()
-            raise PgError(sqlstate.CONNECTION_FAILURE, "the upstream PostgreSQL does not support SSL, "
-                          f"but --upstream asks for sslmode={addr.sslmode}", severity="FATAL")
-        return transport
+    async def open_upstream(self, session: Session) -> None:
+        await open_upstream(self.upstream_addr, session)
 
     async def cancel_upstream(self, pid: int, secret: bytes) -> None:
-        addr = self.upstream_addr
-        try:
-            if addr.is_unix:
-                reader, writer = await asyncio.open_unix_connection(addr.unix_path)
-            else:
-                reader, writer = await asyncio.open_connection(addr.host, addr.port)
-            writer.write(m.CancelRequest(pid, secret).encode())
-            await writer.drain()
-            await asyncio.wait_for(reader.read(1), 5)   # the upstream closes when done
-            writer.close()
-        except (OSError, asyncio.TimeoutError) as exc:
-            log.warning("cancel request to the upstream failed: %s", exc)
+        await cancel_upstream(self.upstream_addr, pid, secret)
 
 
 def _server_tls(config: Config) -> ssl.SSLContext | None:
@@ -213,13 +125,12 @@ async def _serve_cancel_socket(ctx: ServerContext, path: Path):
 
 
 async def start_services(ctx: ServerContext) -> None:
-    from .services import Services
-    ctx.services = await Services.start(ctx)
+    ctx.models = await ModelService.start(ctx.config, ctx.upstream_dsn)
 
 
 async def stop_services(ctx: ServerContext) -> None:
-    if ctx.services is not None:
-        await ctx.services.stop()
+    if ctx.models is not None:
+        await ctx.models.stop()
 
 
 def install_event_loop_policy() -> None:

@@ -4,8 +4,8 @@ import pickle
 import pytest
 from sklearn.linear_model import LinearRegression
 
-from pgml_server import artifacts
-from pgml_server.artifacts import ArtifactSignatureError
+from pgml_server.ml import artifacts
+from pgml_server.ml.artifacts import ArtifactSignatureError
 
 
 class _Boom:

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from pgml_server.router import Router
+from pgml_server.sql.router import Router
 
 FEATS = "ARRAY[0.03,0.05,0.06,0.02,-0.04,-0.03,-0.04,-0.002,0.02,-0.017]"
 ROW = [0.03, 0.05, 0.06, 0.02, -0.04, -0.03, -0.04, -0.002, 0.02, -0.017]

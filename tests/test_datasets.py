@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sklearn import datasets as sk
 
-from pgml_server import datasets
-from pgml_server.training import TrainingError
+from pgml_server.ml import datasets
+from pgml_server.ml.training import TrainingError
 
 DATABASE = "pgml_datasets_test"
 

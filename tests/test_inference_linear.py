@@ -11,7 +11,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris, make_
 from sklearn.multioutput import MultiOutputRegressor
 from sklearn.preprocessing import StandardScaler
 
-from pgml_server.inference import PlanError, compile_plan
+from pgml_server.ml.inference import PlanError, compile_plan
 
 
 def _regression_data():

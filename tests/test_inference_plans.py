@@ -12,8 +12,8 @@ from sklearn import ensemble, tree
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.preprocessing import StandardScaler
 
-from pgml_server.inference import PlanError, compile_plan, gpu
-from pgml_server.training.algorithms import ALGORITHMS, make_estimator
+from pgml_server.ml.inference import PlanError, compile_plan, gpu
+from pgml_server.ml.training.algorithms import ALGORITHMS, make_estimator
 
 LINEAR = {
     "linear", "ridge", "lasso", "elastic_net", "least_angle", "lasso_least_angle", "orthogonal_matching_pursuit",

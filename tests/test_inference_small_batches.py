@@ -10,8 +10,8 @@ import pytest
 from sklearn import ensemble
 from sklearn.datasets import make_classification, make_regression
 
-import pgml_server.inference.trees as trees
-from pgml_server.inference import compile_plan as _compile_plan
+import pgml_server.ml.inference.trees as trees
+from pgml_server.ml.inference import compile_plan as _compile_plan
 
 # These tests are about the compiled numpy walk, so every batch size must take it: without
 # native=False, batches from a few dozen rows on go to the library's own predictor instead.

@@ -11,7 +11,7 @@ from sklearn import ensemble, tree
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris, make_classification, make_regression
 from sklearn.multioutput import MultiOutputRegressor
 
-from pgml_server.inference import PlanError, compile_plan as _compile_plan
+from pgml_server.ml.inference import PlanError, compile_plan as _compile_plan
 
 # These tests are about the compiled numpy walk, so every batch size must take it: without
 # native=False, batches from a few dozen rows on go to the library's own predictor instead.

@@ -12,9 +12,9 @@ import uuid
 import asyncpg
 import pytest
 
-from pgml_server import registry
-from pgml_server.executor import AsyncpgExecutor
-from pgml_server.registry import models as registry_models
+from pgml_server.db import registry
+from pgml_server.db.executor import AsyncpgExecutor
+from pgml_server.db.registry import models as registry_models
 from protocol.errors import PgError
 
 _names = itertools.count()

@@ -6,8 +6,8 @@ import pytest
 from protocol import sqlstate, types
 from protocol.errors import PgError
 
-from pgml_server.predict_rewrite import rewrite
-from pgml_server.router import ERROR, FORWARD, LOCAL, MULTI, REWRITE, Router
+from pgml_server.sql.predict import rewrite
+from pgml_server.sql.router import ERROR, FORWARD, LOCAL, MULTI, REWRITE, Router
 from pgml_server.functions.base import evaluate
 
 

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from pgml_server import artifacts
-from pgml_server.training.algorithms import ALGORITHMS
+from pgml_server.ml import artifacts
+from pgml_server.ml.training.algorithms import ALGORITHMS
 
 DIABETES = "ARRAY[age,sex,bmi,bp,s1,s2,s3,s4,s5,s6]"
 IRIS = "ARRAY[sepal_length,sepal_width,petal_length,petal_width]"

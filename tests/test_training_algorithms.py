@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from pgml_server.training import TrainingError
-from pgml_server.training.algorithms import (ALGORITHMS, algorithms_for, canonical_name, default_algorithm,
+from pgml_server.ml.training import TrainingError
+from pgml_server.ml.training.algorithms import (ALGORITHMS, algorithms_for, canonical_name, default_algorithm,
                                              estimator_name, make_estimator, supports_multi_output)
 
 SEED_REGRESSION_ONLY = ["lasso", "elastic_net", "least_angle", "lasso_least_angle", "orthogonal_matching_pursuit",

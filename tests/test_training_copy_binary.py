@@ -7,8 +7,8 @@ import asyncpg
 import numpy as np
 import pytest
 
-from pgml_server.training import TrainingError
-from pgml_server.training.copy_binary import (BOOL, FLOAT4, FLOAT8, INT2, INT4, INT8, NUMERIC, TEXT, VARCHAR,
+from pgml_server.ml.training import TrainingError
+from pgml_server.ml.training.copy_binary import (BOOL, FLOAT4, FLOAT8, INT2, INT4, INT8, NUMERIC, TEXT, VARCHAR,
                                               copy_binary_matrix, parse_copy_binary)
 
 
@@ -48,7 +48,7 @@ def test_fixed_width_columns(copy_out):
 def test_fixed_width_matrix_equals_the_general_path(copy_out, monkeypatch):
     data = copy_out(FIXED)
     fast = copy_binary_matrix(data, FIXED_OIDS)
-    from pgml_server.training import copy_binary
+    from pgml_server.ml.training import copy_binary
     monkeypatch.setattr(copy_binary, "_fast_path", lambda *args: None)
     general = copy_binary_matrix(data, FIXED_OIDS)
     assert fast.shape == (1000, 6) and fast.dtype == np.float64 and fast.flags.c_contiguous
@@ -56,7 +56,7 @@ def test_fixed_width_matrix_equals_the_general_path(copy_out, monkeypatch):
 
 
 def test_fast_path_reads_the_body_as_one_structured_array(copy_out, monkeypatch):
-    from pgml_server.training import copy_binary
+    from pgml_server.ml.training import copy_binary
     monkeypatch.setattr(copy_binary, "_general_path", lambda *args: pytest.fail("took the general path"))
     cols = parse_copy_binary(copy_out("SELECT x::float8 FROM generate_series(1, 50000) x"), [FLOAT8], ["x"])
     assert cols["x"].sum() == 50000 * 50001 / 2
@@ -134,7 +134,7 @@ MIXED_OIDS, MIXED_NAMES = [FLOAT8, INT4, TEXT, BOOL, NUMERIC], ["a", "b", "label
      "FROM generate_series(1, 2000) i", [FLOAT8, TEXT, INT2], ["a", "label", "b"]),
 ])
 def test_layout_scan_agrees_with_the_exact_scan(copy_out, monkeypatch, sql, oids, names):
-    from pgml_server.training import copy_binary
+    from pgml_server.ml.training import copy_binary
     data = copy_out(sql)
     scanned = parse_copy_binary(data, oids, names)
     monkeypatch.setattr(copy_binary, "_layout_scan", lambda *args: None)
@@ -166,13 +166,13 @@ def test_all_float8_matrix(copy_out):
 def test_session_collector_takes_runs_of_copy_data_as_blocks():
     """The session hands runs of CopyData to the collector at once: equal-length messages are taken
     in one piece, a message of another length (or a partial one) stops the run, the bytes in order."""
-    from pgml_server.session_executor import _Collector
+    from pgml_server.pipeline.consumers import Collector
 
     def copy_data(body: bytes) -> bytes:
         return b"d" + struct.pack("!i", len(body) + 4) + body
 
     async def run():
-        collector = _Collector()
+        collector = Collector(decode_rows=True, quiet=True)
         rows = [bytes([i]) * 9 for i in range(5)]
         stream = b"".join(copy_data(r) for r in rows) + copy_data(b"longer row") + copy_data(b"tail")[:6]
         after = collector.on_copy_data(stream, 0, len(stream))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as m
 
-from pgml_server.training.metrics import key_metric, score
+from pgml_server.ml.training.metrics import key_metric, score
 
 
 def test_regression_metrics():

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from pgml_server.training import TrainingError
-from pgml_server.training.split import count_test_rows, train_test_split
+from pgml_server.ml.training import TrainingError
+from pgml_server.ml.training.split import count_test_rows, train_test_split
 
 
 def _data(rows=100):

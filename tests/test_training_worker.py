@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_diabetes, load_iris
 
-from pgml_server.training import TrainingError
-from pgml_server.training.worker import TrainingJob, run_job, train_in_subprocess
+from pgml_server.ml.training import TrainingError
+from pgml_server.ml.training.worker import TrainingJob, run_job, train_in_subprocess
 
 
 def _train(job, **kw):

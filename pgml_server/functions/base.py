@@ -1,4 +1,4 @@
-"""The local-function mechanism: signatures, argument binding and the call context.
+"""The local-function mechanism: signatures and argument binding (the call context is context.py).
 
 Each `pgml.*` function is one `Function` registered by name with its PostgreSQL-style signature.
 Binding (positional, named `=>`, defaults, VARIADIC) happens once, generically, when a statement
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import numpy as np
 
@@ -46,16 +46,6 @@ class Function:
             text = f"{'VARIADIC ' if p.variadic else ''}{p.name} {type_name(p.type)}"
             return text if p.default is REQUIRED else f"{text} DEFAULT ..."
         return f"pgml.{self.name}({', '.join(one(p) for p in self.params)})"
-
-
-class CallContext(Protocol):
-    """What a function may use: the client's upstream session and the server's shared parts."""
-    executor: Any            # an Executor on the client's own upstream connection
-    server: Any              # the ServerContext (model cache, registry connection, config)
-    user: str
-
-    def notice(self, message: str) -> None: ...
-    def transaction_block(self) -> bool: ...
 
 
 FUNCTIONS: dict[str, Function] = {}

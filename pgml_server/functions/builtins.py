@@ -1,11 +1,10 @@
 """pgml.version(): the first local function, and the smallest example of one; pgml.cache_stats()."""
 from __future__ import annotations
 
-from protocol import sqlstate, types
-from protocol.errors import PgError
+from protocol import types
 
 from .. import __version__
-from ..inference import gpu
+from ..ml.inference import gpu
 from .base import register
 
 
@@ -24,11 +23,7 @@ _INT8 = types.INT8
 ], description="this server process's model cache: size, bound, counters, cached model ids; GPU settings")
 def cache_stats(ctx):
     """The answering process's own cache (with --workers N each worker has one)."""
-    services = ctx.server.services
-    if services is None:
-        raise PgError(sqlstate.OBJECT_NOT_IN_PREREQUISITE_STATE, "the pgml registry is not available",
-                      hint="Check the server log: the registry migrations or the upstream connection failed.")
-    cache = services.cache
-    mode = ctx.server.config.gpu
+    cache = ctx.models.cache
+    mode = ctx.config.gpu
     return (len(cache), cache.nbytes, cache.max_bytes, cache.hits, cache.misses, cache.loads, cache.evictions,
             cache.model_ids(), mode, mode != "off" and gpu.gpu_available(), gpu.min_batch())

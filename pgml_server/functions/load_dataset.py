@@ -6,8 +6,8 @@ import pglast
 from protocol import sqlstate, types
 from protocol.errors import PgError
 
-from .. import datasets
-from ..training import TrainingError
+from ..ml import datasets
+from ..ml.training import TrainingError
 from .base import Param, register
 
 

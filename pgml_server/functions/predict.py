@@ -12,8 +12,8 @@ import numpy as np
 from protocol import sqlstate, types
 from protocol.errors import PgError
 
-from ..cache import CachedModel, features_matrix
-from ..inference import PlanError
+from ..ml.cache import CachedModel, features_matrix
+from ..ml.inference import PlanError
 from .base import ANY, Param, register
 
 REAL = types.FLOAT4
@@ -22,32 +22,24 @@ REAL_ARRAY = types.ARRAY_OF[types.FLOAT4]
 
 def model_for(ctx, project: Any):
     """The cached model for a project name or model id, or an awaitable that loads it."""
-    services = _services(ctx)
+    models = ctx.models
     if project is None:
         raise PgError(sqlstate.NULL_VALUE_NOT_ALLOWED, "pgml.predict needs a project name or model id")
     if isinstance(project, str) and not project.lstrip("-").isdigit():
-        entry = services.cache.deployed(project)
-        return entry if entry is not None else _load_deployed(services, project)
+        entry = models.cache.deployed(project)
+        return entry if entry is not None else _load_deployed(models, project)
     try:
         model_id = int(project)
     except (TypeError, ValueError, OverflowError):   # an array, JSON, NaN...: a clean error, not XX000
         raise PgError(sqlstate.DATATYPE_MISMATCH,
                       f"pgml.predict needs a project name (text) or a model id (bigint), not {type(project).__name__}"
                       ) from None
-    entry = services.cache.model(model_id)
-    return entry if entry is not None else _load_model(services, model_id)
+    entry = models.cache.model(model_id)
+    return entry if entry is not None else _load_model(models, model_id)
 
 
-def _services(ctx):
-    services = ctx.server.services
-    if services is None:
-        raise PgError(sqlstate.OBJECT_NOT_IN_PREREQUISITE_STATE, "the pgml registry is not available",
-                      hint="Check the server log: the registry migrations or the upstream connection failed.")
-    return services
-
-
-async def _load_deployed(services, project: str) -> CachedModel:
-    entry = await services.cache.load_deployed(project)
+async def _load_deployed(models, project: str) -> CachedModel:
+    entry = await models.cache.load_deployed(project)
     if entry is None:
         raise PgError(sqlstate.UNDEFINED_OBJECT, f'no deployed model for project "{project}"',
                       hint="Train one with pgml.train(...) or deploy one with pgml.deploy(...); "
@@ -55,8 +47,8 @@ async def _load_deployed(services, project: str) -> CachedModel:
     return entry
 
 
-async def _load_model(services, model_id: int) -> CachedModel:
-    entry = await services.cache.load_model(model_id)
+async def _load_model(models, model_id: int) -> CachedModel:
+    entry = await models.cache.load_model(model_id)
     if entry is None:
         raise PgError(sqlstate.UNDEFINED_OBJECT, f"model {model_id} does not exist or has no artifact",
                       hint="SELECT id, status FROM pgml.models lists the models.")

@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import numpy as np
 
 from protocol import sqlstate, types
 from protocol.errors import PgError
 
-from .. import artifacts, registry
-from ..sqlnames import quote_ident
-from ..training import TrainingError
-from ..training.algorithms import make_estimator
-from ..training.copy_binary import copy_binary_matrix, parse_copy_binary
-from ..training.metrics import key_metric
-from ..training.worker import TrainingJob, train_in_subprocess
+from ..db import registry
+from ..db.names import quote_ident
+from ..ml import artifacts
+from ..ml.training import TrainingError
+from ..ml.training.algorithms import make_estimator
+from ..ml.training.copy_binary import copy_binary_matrix, parse_copy_binary
+from ..ml.training.metrics import key_metric
+from ..ml.training.worker import TrainingJob, train_in_subprocess
 from .base import ANY, Param, register
 
 log = logging.getLogger("pgml_server.train")
@@ -123,7 +123,7 @@ async def _run_training(ctx, args: dict, task: str | None, joint: bool):
     metrics = dict(result.metrics)
     if classes is not None:
         metrics["classes"] = classes
-    artifact = artifacts.sign(ctx.server.services.key, result.estimator_bytes)
+    artifact = artifacts.sign(ctx.models.key, result.estimator_bytes)
     await registry.finish_model(ex, model_id, num_features=X.shape[1], metrics=metrics,
                                 hyperparams=result.hyperparams, artifact=artifact)
     deployed = False
@@ -163,7 +163,7 @@ async def _mark_failed(ctx, model_id: int, exc: BaseException) -> None:
     """A failed, cancelled or abandoned training leaves its model row 'failed', never 'in_progress'."""
     reason = "canceled" if isinstance(exc, asyncio.CancelledError) else str(exc) or type(exc).__name__
     try:
-        await asyncio.shield(ctx.server.services.run(registry.fail_model, model_id, reason))
+        await asyncio.shield(ctx.models.run(registry.fail_model, model_id, reason))
     except Exception as err:  # the upstream may be gone too; start-up repairs orphans
         log.warning("could not mark model %d failed: %s", model_id, err)
 
@@ -325,4 +325,4 @@ def _forget_deployed(ctx, project_name: str) -> None:
     deployed may predict before that (found by tests/test_cache.py: a stale first prediction).
     If the deploy is not committed yet, a prediction meanwhile reloads the old model and the
     NOTIFY at commit drops it again."""
-    ctx.server.services.cache.invalidate_project(project_name)
+    ctx.models.cache.invalidate_project(project_name)

@@ -1,22 +1,17 @@
-"""The plan contract, its errors, the estimator fallback, and the choice of compiler.
+"""The plan contract: what every compiled plan offers, its errors, and the estimator fallback.
 
 A plan is a fitted model turned, once, into plain arrays that a prediction walks without
 scikit-learn's per-call validation: that overhead, not the arithmetic, is what a one-row
 prediction costs inside the library. Everything a compiler does not recognise becomes an
-`EstimatorPlan`, which calls the estimator itself, so every model can be served.
+`EstimatorPlan`, which calls the estimator itself, so every model can be served. The compilers
+(linear.py, trees.py) import this module; compiler.py chooses between them.
 """
 from __future__ import annotations
 
-import logging
 import pickle
-from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
-
-log = logging.getLogger("pgml_server.inference")
-
-GPU_MODES = ("auto", "on", "off")
 
 
 class PlanError(TypeError, ValueError):
@@ -114,43 +109,3 @@ def _pickled_size(estimator: Any) -> int:
         return len(pickle.dumps(estimator, protocol=pickle.HIGHEST_PROTOCOL))
     except Exception:     # an unpicklable estimator still gets a nominal size
         return 1 << 20
-
-
-def compile_plan(estimator: Any, task: str, *, gpu: str = "off", native: bool = True) -> Plan:
-    """Compile a fitted estimator into the fastest plan that reproduces its predictions.
-
-    gpu: 'off' never uses a GPU; 'on' uses one for every batch when one is usable; 'auto' only
-    for batches large enough to repay the transfer (gpu.min_batch(), set by --gpu-min-batch).
-    native: a tree plan hands large CPU batches to the library's own predictor, which is faster
-    there (trees.TreePlan.use_native); False keeps every batch on the compiled plan."""
-    if gpu not in GPU_MODES:
-        raise ValueError(f"gpu must be one of {GPU_MODES}, not {gpu!r}")
-    from sklearn.multioutput import MultiOutputRegressor
-    if isinstance(estimator, MultiOutputRegressor):
-        return _compile_multi_output(estimator, task, gpu, native)
-    plan = _compile_one(estimator, task, gpu, native)
-    return plan if plan is not None else EstimatorPlan(estimator, task)
-
-
-def _compile_one(estimator: Any, task: str, gpu: str, native: bool = True):
-    from . import linear, trees
-    for compiler in (linear.compile_linear, partial(trees.compile_trees, native=native)):
-        try:
-            plan = compiler(estimator, task, gpu=gpu)
-        except Exception as exc:   # a compiler bug must not make the model unservable
-            log.warning("compiling %s failed, serving it with its own predict: %r", type(estimator).__name__, exc)
-            return None
-        if plan is not None:
-            return plan
-    return None
-
-
-def _compile_multi_output(estimator: Any, task: str, gpu: str, native: bool) -> Plan:
-    from . import linear
-    merged = linear.merge_regressors(estimator.estimators_, gpu=gpu)
-    if merged is not None:
-        return merged
-    plans = [_compile_one(e, task, gpu, native) for e in estimator.estimators_]
-    if any(p is None for p in plans):
-        return EstimatorPlan(estimator, task)
-    return MultiOutputPlan(plans, task)

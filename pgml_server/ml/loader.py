@@ -1,57 +1,57 @@
-"""What a worker shares between sessions: its own upstream pool, the registry and the model cache.
+"""The model service of a worker: its own upstream pool, the model cache, its loader and the
+NOTIFY listener that keeps the cache in step with deploys on every replica.
 
-The server's own connections (from --upstream) apply migrations, read model artifacts and LISTEN
-for deployments; everything done *for a client* runs on that client's session instead.
+Built from the configuration and the upstream DSN alone. The server's own connections (from
+--upstream) apply migrations, read model artifacts and LISTEN for deployments; everything done
+*for a client* runs on that client's session instead.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
-
 import asyncpg
 
 from protocol.errors import PgError
 
-from . import artifacts, registry
+from ..config import Config
+from ..db import registry
+from ..db.executor import AsyncpgExecutor
+from . import artifacts
 from .cache import CachedModel, ModelCache
-from .executor import AsyncpgExecutor
 from .inference import compile_plan, gpu_available, set_min_batch
 from .training.worker import prestart
 
-if TYPE_CHECKING:
-    from .server import ServerContext
-
-log = logging.getLogger("pgml_server.services")
+log = logging.getLogger("pgml_server.models")
 
 DEPLOY_CHANNEL = "pgml_deploy"
 
 
-class Services:
-    def __init__(self, ctx: "ServerContext", pool: asyncpg.Pool, key: bytes) -> None:
-        self.ctx = ctx
+class ModelService:
+    def __init__(self, config: Config, upstream_dsn: str, pool: asyncpg.Pool, key: bytes) -> None:
+        self.config = config
+        self.upstream_dsn = upstream_dsn
         self.pool = pool
         self.key = key
-        self.cache = ModelCache(self._load, ctx.config.model_cache_mb << 20)
+        self.cache = ModelCache(self._load, config.model_cache_mb << 20)
         self._listener: asyncpg.Connection | None = None
         self._listen_task: asyncio.Task | None = None
         self._stopping = False
 
     @classmethod
-    async def start(cls, ctx: "ServerContext") -> "Services":
-        set_min_batch(ctx.config.gpu_min_batch)
-        if ctx.config.gpu == "on" and not gpu_available():
+    async def start(cls, config: Config, upstream_dsn: str) -> "ModelService":
+        set_min_batch(config.gpu_min_batch)
+        if config.gpu == "on" and not gpu_available():
             log.warning("--gpu on, but no usable GPU (CuPy and a CUDA device): predicting on the CPU")
-        pool = await asyncpg.create_pool(ctx.upstream_dsn, min_size=1, max_size=4)
+        pool = await asyncpg.create_pool(upstream_dsn, min_size=1, max_size=4)
         async with pool.acquire() as conn:
             ex = AsyncpgExecutor(conn)
             await registry.migrate(ex)
             await registry.fail_orphaned_models(ex)
-            if ctx.config.artifact_key:
-                key = bytes.fromhex(ctx.config.artifact_key)
+            if config.artifact_key:
+                key = bytes.fromhex(config.artifact_key)
             else:
                 key = await registry.get_or_create_hmac_key(ex)
-        services = cls(ctx, pool, key)
+        services = cls(config, upstream_dsn, pool, key)
         await services._listen()
         services._listen_task = asyncio.ensure_future(services._keep_listening())
         asyncio.ensure_future(services.warm())
@@ -94,7 +94,7 @@ class Services:
         except artifacts.ArtifactSignatureError as exc:   # refused before unpickling: XX001, not an internal error
             log.warning("refused model %d: %s", model_id, exc.message)
             raise PgError(exc.sqlstate, f"model {model_id}: {exc.message}", hint=exc.hint) from None
-        plan = compile_plan(estimator, meta["task"], gpu=self.ctx.config.gpu)
+        plan = compile_plan(estimator, meta["task"], gpu=self.config.gpu)
         log.info("loaded model %d (%s, %s plan, gpu %s)", model_id, meta["algorithm"], getattr(plan, "kind", "?"),
                  getattr(plan, "gpu", "off"))
         return CachedModel(model_id, meta.get("project_name"), meta["task"], int(meta["num_features"] or 0),
@@ -121,7 +121,7 @@ class Services:
     # -- replica consistency
 
     async def _listen(self) -> None:
-        self._listener = await asyncpg.connect(self.ctx.upstream_dsn)
+        self._listener = await asyncpg.connect(self.upstream_dsn)
         await self._listener.add_listener(DEPLOY_CHANNEL, self._on_deploy)
 
     def _on_deploy(self, _conn, _pid, _channel, payload: str) -> None:

@@ -1,37 +1,35 @@
-"""Answering local (pgml.*) statements in the simple and the extended protocol.
+"""The local statement runner: pgml.* statements in the simple and the extended protocol.
 
-The session hands this module the client messages that concern local statements: Parse of SQL that
-calls pgml.*, and Bind/Describe/Execute/Close naming a local statement or portal. Answers are
-queued as LocalItems so they interleave correctly with forwarded answers.
+The session hands the runner the client messages that concern local statements: Parse of SQL
+that calls pgml.*, and Bind/Describe/Execute/Close naming a local statement or portal. Answers
+are queued as LocalItems so they interleave correctly with forwarded answers. The server gives
+each session its runner (`LocalRunner(session)`), so the proxy never imports this layer.
 """
 from __future__ import annotations
 
 import inspect
-import struct
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
 
 from protocol import messages as m
 from protocol import sqlstate, types
 from protocol.errors import PgError, ProtocolViolation
 
-from . import pending as pq
-from .functions.base import RECORD
-from .pending import LocalItem, Pending
-from .router import ERROR, FORWARD, LOCAL, MULTI, REWRITE, LocalStatement, Route
-from .session_executor import SessionExecutor
-
-if TYPE_CHECKING:
-    from .session import Session
+from ..functions.context import CallContext
+from ..pipeline.consumers import Relay
+from ..pipeline.fifo import LocalItem, Pending, may_be_skipped
+from ..pipeline.port import SessionPort
+from ..pipeline.rules import EXT, READY, SIMPLE, mentions_pgml
+from .compiler import LocalStatement
+from .encoding import decode_param, encode_rows, format_code, row_description
+from .router import ERROR, FORWARD, LOCAL, MULTI, REWRITE, Route
 
 _PARSE_COMPLETE = m.ParseComplete().encode()
 _BIND_COMPLETE = m.BindComplete().encode()
 _CLOSE_COMPLETE = m.CloseComplete().encode()
 _NO_DATA = m.NoData().encode()
-_I32 = struct.Struct("!i")
-_U32 = struct.Struct("!I")
 
 
 @dataclass
@@ -49,117 +47,6 @@ class LocalPortal:
     params: list[Any]
     result_formats: list[int]
     raw_params: m.Bind | None = None     # rewritten statements pass the client's values on as sent
-
-
-class CallContext:
-    """What a pgml.* function sees of the session (see functions/base.py)."""
-
-    def __init__(self, session: "Session", *, extended: bool) -> None:
-        self.session = session
-        self.server = session.ctx
-        self.executor = SessionExecutor(session, extended=extended)
-        self.user = session.startup_params.get("user", "")
-        self.extended = extended
-
-    def notice(self, message: str) -> None:
-        self.session.notice(message)
-
-    def transaction_block(self) -> bool:
-        """True inside BEGIN … COMMIT or inside a pipeline that already ran statements."""
-        return self.session.tx_status != "I" or (self.extended and self.session.batch_dirty)
-
-
-# ---------------------------------------------------------------- parameters
-
-# A binary float8[]/float4[] parameter: (element width, numpy record of its length word and value)
-_FLOAT_ARRAYS = {types.ARRAY_OF[types.FLOAT8]: (8, np.dtype([("len", ">i4"), ("v", ">f8")])),
-                 types.ARRAY_OF[types.FLOAT4]: (4, np.dtype([("len", ">i4"), ("v", ">f4")]))}
-_ARRAY_HEADER = struct.Struct("!iiIii")           # ndim, has_null, element oid, length, lower bound
-
-
-def decode_param(oid: int, data, binary: bool) -> Any:
-    """A bound parameter as a Python value; a binary float array without NULLs goes straight into
-    numpy (the hot path of a prepared pgml.predict: no per-element Python work, and the record
-    dtype is built once, not per call)."""
-    if binary and (layout := _FLOAT_ARRAYS.get(oid)) is not None and len(data) >= 20:
-        data = bytes(data)                        # no numpy view into the framer's buffer
-        ndim, has_null, _, count, _ = _ARRAY_HEADER.unpack_from(data, 0)
-        if ndim == 1 and not has_null:
-            width, record = layout
-            if len(data) == 20 + count * (4 + width):
-                body = np.frombuffer(data, record, count, 20)
-                if (body["len"] == width).all():
-                    return body["v"].astype(np.float64)
-    return types.decode(oid, bytes(data), binary)
-
-
-# ---------------------------------------------------------------- result encoding
-
-def _cstr(s: str) -> bytes:
-    return s.encode() + b"\x00"
-
-
-def encode_value(oid: int, value: Any, binary: bool) -> bytes | None:
-    if value is None:
-        return None
-    if oid == RECORD:
-        return _record_binary(value) if binary else _record_text(value)
-    return types.encode(oid, value, binary)
-
-
-def _record_text(values: tuple) -> bytes:
-    parts = []
-    for v in values:
-        if v is None:
-            parts.append("")
-            continue
-        text = types.encode(_guess_oid(v), v, False).decode()
-        if text == "" or any(c in text for c in ',()"\\ '):
-            text = '"' + text.replace("\\", "\\\\").replace('"', '""') + '"'
-        parts.append(text)
-    return ("(" + ",".join(parts) + ")").encode()
-
-
-def _record_binary(values: tuple) -> bytes:
-    out = [_I32.pack(len(values))]
-    for v in values:
-        oid = _guess_oid(v)
-        out.append(_U32.pack(oid))
-        if v is None:
-            out.append(_I32.pack(-1))
-        else:
-            data = types.encode(oid, v, True)
-            out.append(_I32.pack(len(data)) + data)
-    return b"".join(out)
-
-
-def _guess_oid(v: Any) -> int:
-    if isinstance(v, bool):
-        return types.BOOL
-    if isinstance(v, int):
-        return types.INT8
-    if isinstance(v, float):
-        return types.FLOAT8
-    if isinstance(v, (dict, list)):
-        return types.JSONB
-    return types.TEXT
-
-
-def row_description(columns: list[tuple[str, int]], formats: list[int]) -> bytes:
-    fields = []
-    for i, (name, oid) in enumerate(columns):
-        fmt = formats[0] if len(formats) == 1 else (formats[i] if i < len(formats) else 0)
-        fields.append(m.FieldDescription(name, 0, 0, oid, types.type_size(oid), -1, fmt))
-    return m.RowDescription(fields).encode()
-
-
-def encode_rows(columns: list[tuple[str, int]], rows: list[tuple], formats: list[int]) -> bytes:
-    n = len(columns)
-    fmts = [bool(formats[0])] * n if len(formats) == 1 else [bool(formats[i]) if i < len(formats) else False
-                                                              for i in range(n)]
-    oids = [oid for _, oid in columns]
-    data_row = m.data_row
-    return b"".join(data_row([encode_value(oids[i], r[i], fmts[i]) for i in range(n)]) for r in rows)
 
 
 # ---------------------------------------------------------------- running a statement
@@ -216,7 +103,7 @@ def command_tag(stmt: LocalStatement, rows: list) -> str:
 # ---------------------------------------------------------------- the runner
 
 class LocalRunner:
-    def __init__(self, session: "Session") -> None:
+    def __init__(self, session: SessionPort) -> None:
         self.session = session
 
     # -- simple protocol
@@ -227,7 +114,7 @@ class LocalRunner:
         route = session.ctx.router.classify(sql)
         if route.kind == FORWARD:
             out.append(frame.raw)
-            session.queue.append(Pending(pq.SIMPLE))
+            session.queue.append(Pending(SIMPLE))
             return
         session.push_local(LocalItem(run=lambda: self._run_simple(route, sql), extended=False))
 
@@ -246,7 +133,7 @@ class LocalRunner:
         """Run one statement of a simple Query; False when it failed (the rest is skipped)."""
         session = self.session
         if route.kind == FORWARD:
-            return await session.forward_simple_part(sql)
+            return await self._forward_part(sql)
         if session.tx_status == "E":     # before analysis errors, as PostgreSQL checks
             raise _aborted_transaction()
         if route.kind == ERROR:
@@ -267,6 +154,13 @@ class LocalRunner:
             session.emit(m.ready_for_query(session.tx_status))
         return True
 
+    async def _forward_part(self, sql: str) -> bool:
+        """Forward one statement of a multi-statement Query; relay its answer except ReadyForQuery."""
+        consumer = Relay(self.session, frozenset((READY,)), relay_errors=True)
+        self.session.send_internal(m.Query(sql).encode(), [SIMPLE], consumer)
+        await consumer.done
+        return not consumer.failed
+
     # -- extended protocol
 
     def parse(self, frame, out: list) -> None:
@@ -278,9 +172,9 @@ class LocalRunner:
             # UTF-8) while reading it, before it looks at names or text: its answer (08P01 or
             # 22021) is the right one, and nothing local changes (found by the live fuzz test).
             out.append(frame.raw)
-            session.queue.append(Pending(pq.EXT))
+            session.queue.append(Pending(EXT))
             return
-        route = session.ctx.router.classify(msg.query) if b"pgml" in bytes(frame.payload).lower() else None
+        route = session.ctx.router.classify(msg.query) if mentions_pgml(frame.payload) else None
         if route is None or route.kind == FORWARD:
             if msg.name in session.prepared:
                 if msg.name:
@@ -289,9 +183,9 @@ class LocalRunner:
                     return
                 del session.prepared[msg.name]
             out.append(frame.raw)
-            session.queue.append(Pending(pq.EXT))
+            session.queue.append(Pending(EXT))
             return
-        if self._may_be_skipped():
+        if may_be_skipped(session.queue):
             session.route_after_answers(frame)
             return
         if route.kind == ERROR:
@@ -340,19 +234,8 @@ class LocalRunner:
         raw = bytes(payload)
         return _name(raw[: raw.index(b"\x00")]) in self.session.portals
 
-    def _may_be_skipped(self) -> bool:
-        """Whether an earlier message of this batch (since the last Sync) still awaits an answer
-        that may be an error, after which PostgreSQL would skip this one until Sync."""
-        for item in reversed(self.session.queue):
-            if type(item) is Pending:
-                if item.kind == pq.SYNC:
-                    return False
-                if item.kind == pq.EXT:
-                    return True
-        return False
-
     def dispatch(self, t: int, frame, out: list) -> None:
-        if t != 0x44 and self._may_be_skipped():     # Bind and Close store or drop a name
+        if t != 0x44 and may_be_skipped(self.session.queue):     # Bind and Close store or drop a name
             self.session.route_after_answers(frame)
             return
         if t == 0x42:
@@ -375,8 +258,7 @@ class LocalRunner:
         rewritten = prepared.route.kind == REWRITE
         try:
             params = [None if v is None or (rewritten and not oids[i]) else decode_param(
-                oids[i] or types.TEXT, v, bool(formats[0] if len(formats) == 1 else
-                                              (formats[i] if i < len(formats) else 0)))
+                oids[i] or types.TEXT, v, bool(format_code(formats, i)))
                 for i, v in enumerate(msg.params)]
         except PgError as err:
             self._error(err)
@@ -463,7 +345,7 @@ class LocalRunner:
         undo takes back what the Parse or Bind stored if it is refused: PostgreSQL stores nothing then."""
         session = self.session
         if session.tx_status != "E" and not any(
-                isinstance(item, Pending) and item.kind != pq.EXT for item in session.queue):
+                isinstance(item, Pending) and item.kind != EXT for item in session.queue):
             self._reply(data)
             return
 

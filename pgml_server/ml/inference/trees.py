@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import gpu as gpu_backend
-from .plan import EstimatorPlan, as_rows, labels_array, no_proba
+from .contract import EstimatorPlan, as_rows, labels_array, no_proba
 
 # Rows per chunk × trees: bounds the (rows, trees) work arrays to a few MB, which stay in cache.
 _CHUNK_CELLS = 1 << 18

@@ -1,4 +1,4 @@
-"""The general two-pass strategy for pgml.predict* inside SQL (see predict_rewrite.py).
+"""The general two-pass strategy for pgml.predict* inside SQL over tables.
 
 Pass one, for each call: `SELECT DISTINCT model::text, features::float8[] FROM <the FROM items
 that feed the call> WHERE <the call's predict-free conjuncts>` (a superset of what the statement
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import struct
-from typing import Any
 
 import numpy as np
 from pglast import ast, enums
@@ -19,12 +18,14 @@ from protocol import messages as m
 from protocol import sqlstate, types
 from protocol.errors import PgError
 
-from . import pending as pq
-from .cache import CachedModel
-from .functions.predict import check_features, run_plan
-from .pending import Consumer
-from .predict_rewrite import _fmt, decode_float8_arrays, features_node, model_node
-from .router import deparse, is_pgml_call
+from ...functions.predict import check_features, run_plan
+from ...pipeline.consumers import Collector, Relay
+from ...pipeline.internal import InternalStatement, run_internal
+from ...pipeline.session_executor import SessionExecutor
+from ..arrays import float8_arrays
+from ..astutil import deparse, has_pgml_call, is_pgml_call
+from ..encoding import with_formats
+from .common import as_float8_array, as_text, features_node, model_node, resolve_model
 
 TEMP_TABLE = "pg_temp.pgml_predictions"
 # No key while the pairs are copied in: the unique index is built after the load, in one sort,
@@ -36,8 +37,6 @@ _INDEX = "pgml_predictions_key"
 _DROP_INDEX = f"DROP INDEX IF EXISTS pg_temp.{_INDEX}"
 _CREATE_INDEX = f"CREATE UNIQUE INDEX {_INDEX} ON {TEMP_TABLE} (features, fn, model)"
 _STMT = "__pgml_general"
-_FLUSH = b"H\x00\x00\x00\x04"
-_SYNC = b"S\x00\x00\x00\x04"
 _I16 = struct.Struct("!h")
 _I32 = struct.Struct("!i")
 _FUNCTIONS = {"predict": "prediction", "predict_proba": "prediction_array", "predict_joint": "prediction_array"}
@@ -86,12 +85,6 @@ def _contains(node, target) -> bool:
     return False
 
 
-def _has_pgml(node) -> bool:
-    found: list = []
-    _walk(node, [], found)
-    return bool(found)
-
-
 def _from_items(scope, call) -> tuple[list, list]:
     """FROM items and predict-free WHERE conjuncts of one enclosing statement."""
     if isinstance(scope, ast.SelectStmt):
@@ -102,15 +95,13 @@ def _from_items(scope, call) -> tuple[list, list]:
         items = [scope.relation] + list(scope.usingClause or ())
     # An item that holds the call itself (a LATERAL subquery) is replaced by the call's own scope.
     items = [i for i in items if not _contains(i, call)]
-    where = [c for c in _conjuncts(scope.whereClause) if not _has_pgml(c)]
+    where = [c for c in _conjuncts(scope.whereClause) if not has_pgml_call(c)]
     return items, where
 
 
 def _pass_one_queries(call, scopes: list, withs: list) -> list[str]:
     """Candidate pass-one queries, from the innermost scope outwards (outer columns need more FROM)."""
-    model = ast.TypeCast(arg=model_node(call), typeName=ast.TypeName(names=(ast.String(sval="text"),), typemod=-1))
-    feats = ast.TypeCast(arg=features_node(call), typeName=ast.TypeName(
-        names=(ast.String(sval="float8"),), arrayBounds=(ast.Integer(ival=-1),), typemod=-1))
+    model, feats = as_text(model_node(call)), as_float8_array(features_node(call))
     queries, items, where = [], [], []
     for scope in reversed(scopes):
         more_items, more_where = _from_items(scope, call)
@@ -220,19 +211,11 @@ class GeneralPredict:
     async def describe(self, session, prepared, portal) -> bytes:
         await session_executor(session).execute(_CREATE)
         oids = list(prepared.param_oids) if prepared is not None else list(portal.prepared.param_oids)
-        consumer = _Collect()
-        use_sync = not session.batch_dirty
-        data = b"".join((m.Close("S", _STMT).encode(), m.Parse(_STMT, self.sql, oids).encode(),
-                         m.Describe("S", _STMT).encode(), m.Close("S", _STMT).encode(),
-                         _SYNC if use_sync else _FLUSH))
-        session.send_internal(data, [pq.EXT] * 4 + ([pq.SYNC] if use_sync else []), consumer)
-        await consumer.done
-        if consumer.error is not None:
-            raise consumer.error
+        stmt = InternalStatement(self.sql, _STMT, oids, execute=False)
+        consumer = await run_internal(session, stmt, Collector(), extended=True)
         fields = consumer.fields or []
         if portal is not None:
-            fields = [m.FieldDescription(f.name, f.table_oid, f.column_attr, f.type_oid, f.type_size, f.type_mod,
-                                         _fmt(portal.result_formats, i)) for i, f in enumerate(fields)]
+            fields = with_formats(fields, portal.result_formats)
             return m.RowDescription(fields).encode() if fields else m.NoData().encode()
         if prepared is not None:
             prepared.param_oids = [o or types.TEXT for o in consumer.param_oids]
@@ -252,17 +235,14 @@ def _name_predict_columns(node) -> None:
             _name_predict_columns(item)
 
 
-def session_executor(session):
-    from .session_executor import SessionExecutor
+def session_executor(session) -> SessionExecutor:
     return SessionExecutor(session, extended=True)
 
 
 def _lookup(call: _Call) -> ast.SubLink:
     """(SELECT prediction FROM pg_temp.pgml_predictions WHERE model = … AND features = …)"""
     column = _FUNCTIONS[call.function]
-    model = ast.TypeCast(arg=call.model, typeName=ast.TypeName(names=(ast.String(sval="text"),), typemod=-1))
-    feats = ast.TypeCast(arg=call.features, typeName=ast.TypeName(
-        names=(ast.String(sval="float8"),), arrayBounds=(ast.Integer(ival=-1),), typemod=-1))
+    model, feats = as_text(call.model), as_float8_array(call.features)
 
     def eq(col, value):
         return ast.A_Expr(kind=enums.A_Expr_Kind.AEXPR_OP, name=(ast.String(sval="="),),
@@ -302,22 +282,9 @@ def _replace(node, target, replacement) -> bool:
 async def _fetch_binary(session, sql: str, raw, param_oids) -> list[bytes]:
     """The rows of a query as binary DataRow payloads. Not COPY: COPY takes no bind parameters,
     and pass one must see the client's $n."""
-    consumer = _Collect()
-    use_sync = not session.batch_dirty
-    params = list(raw.params) if raw is not None else []
-    formats = list(raw.param_formats) if raw is not None else []
-    data = b"".join((
-        m.Close("S", _STMT).encode(),
-        m.Parse(_STMT, sql, list(param_oids or [])).encode(),
-        m.Bind(_STMT, _STMT, formats, params, [1]).encode(),
-        m.Execute(_STMT, 0).encode(),
-        m.Close("S", _STMT).encode(),
-        _SYNC if use_sync else _FLUSH))
-    session.send_internal(data, [pq.EXT] * 5 + ([pq.SYNC] if use_sync else []), consumer)
-    await consumer.done
-    if consumer.error is not None:
-        raise consumer.error
-    return consumer.rows
+    stmt = InternalStatement(sql, _STMT, list(param_oids or []), list(raw.params) if raw is not None else [],
+                             list(raw.param_formats) if raw is not None else [], [1])
+    return (await run_internal(session, stmt, Collector(), extended=True)).rows
 
 
 def _parse_pairs(rows: list[bytes]) -> tuple[list[str], list[bytes]]:
@@ -346,20 +313,15 @@ def _parse_pairs(rows: list[bytes]) -> tuple[list[str], list[bytes]]:
 async def _store(session, function: str, models: list[str], feats: list[bytes]) -> None:
     """Predict the pairs and load them with one binary COPY: the feature arrays go back as the exact
     float8[] bytes pass one returned (no decode/encode per row), the predictions as float4 bytes."""
-    from .functions.predict import authorize, model_for
-    from .local import CallContext
-    ctx = CallContext(session, extended=True)
     parts = [_COPY_HEADER]
     by_model: dict[str, list[int]] = {}
     for i, name in enumerate(models):
         by_model.setdefault(name, []).append(i)
     fn_field = _I32.pack(len(function)) + function.encode()
     for name, rows in by_model.items():
-        entry = model_for(ctx, name)
-        model: CachedModel = entry if isinstance(entry, CachedModel) else await entry
-        await authorize(ctx, model)
+        model = await resolve_model(session, name)
         rows_feats = [feats[i] for i in rows]
-        X = check_features(model, decode_float8_arrays(rows_feats))
+        X = check_features(model, float8_arrays(rows_feats))
         pred = np.asarray(run_plan(model, function, X), dtype=np.float64).reshape(len(rows), -1)
         if function == "predict":
             pred = pred[:, :1]
@@ -431,62 +393,16 @@ def _prediction_fields(function: str, pred: np.ndarray) -> bytes:
     return block.tobytes()
 
 
-class _Collect(Consumer):
-    def __init__(self) -> None:
-        super().__init__()
-        self.rows: list[bytes] = []
-        self.fields = None
-        self.param_oids: list[int] = []
-        self.error: PgError | None = None
-
-    def on_message(self, t: int, payload: bytes) -> None:
-        if t == 0x44:
-            self.rows.append(bytes(payload))
-        elif t == 0x74:
-            self.param_oids = m.ParameterDescription.decode(payload).oids
-        elif t == 0x54:
-            self.fields = m.RowDescription.decode(payload).fields
-        elif t == 0x45 and self.error is None:
-            self.error = PgError.from_fields(m.ErrorResponse.decode(payload).fields)
-
-
-class _Relay(Consumer):
-    """Pass-two answers go to the client as they come (RowDescription only in the simple protocol)."""
-
-    def __init__(self, session, describe: bool) -> None:
-        super().__init__()
-        self.session = session
-        self.describe = describe
-        self.error: PgError | None = None
-
-    def on_message(self, t: int, payload: bytes) -> None:
-        if t in (0x31, 0x32, 0x33):     # Parse/Bind/CloseComplete: ours, not the client's
-            return
-        if t == 0x54 and not self.describe:
-            return
-        if t in (0x6E, 0x5A):           # NoData, and ReadyForQuery of our own Sync
-            return
-        if t == 0x45:
-            if self.error is None:
-                self.error = PgError.from_fields(m.ErrorResponse.decode(payload).fields)
-            return
-        self.session.emit(bytes((t,)) + _I32.pack(len(payload) + 4) + bytes(payload))
-        if t == 0x43:
-            self.session.flush_client()
+# Pass two's answers the client must not see: our own Parse/Bind/CloseComplete, NoData and the
+# ReadyForQuery of our own Sync (and, in the extended protocol, the portal's RowDescription: the
+# client's Describe was answered already).
+_OURS = frozenset(b"123nZ")
 
 
 async def _relay(session, sql: str, raw, param_oids, result_formats, *, describe: bool) -> None:
-    consumer = _Relay(session, describe)
-    use_sync = not session.batch_dirty
-    params = list(raw.params) if raw is not None else []
-    formats = list(raw.param_formats) if raw is not None else []
-    parts = [m.Close("S", _STMT).encode(), m.Parse(_STMT, sql, list(param_oids or [])).encode(),
-             m.Bind(_STMT, _STMT, formats, params, list(result_formats)).encode()]
-    if describe:
-        parts.append(m.Describe("P", _STMT).encode())
-    parts += [m.Execute(_STMT, 0).encode(), m.Close("S", _STMT).encode(), _SYNC if use_sync else _FLUSH]
-    session.send_internal(b"".join(parts), [pq.EXT] * (6 if describe else 5) + ([pq.SYNC] if use_sync else []),
-                          consumer)
-    await consumer.done
-    if consumer.error is not None:
-        raise consumer.error
+    """Pass two: its answers go to the client as they come (RowDescription only in the simple protocol)."""
+    stmt = InternalStatement(sql, _STMT, list(param_oids or []), list(raw.params) if raw is not None else [],
+                             list(raw.param_formats) if raw is not None else [], list(result_formats),
+                             describe=describe)
+    consumer = Relay(session, _OURS if describe else _OURS | {0x54}, relay_errors=False)
+    await run_internal(session, stmt, consumer, extended=raw is not None)

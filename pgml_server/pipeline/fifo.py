@@ -1,23 +1,16 @@
-"""What the session is waiting for from the upstream, in order.
+"""The entries of a session's FIFO, and the interface of who consumes upstream answers.
 
 Every message sent upstream that PostgreSQL answers is one `Pending` entry; a local answer that
 must be emitted between forwarded answers is a `LocalItem`. The session keeps them in one FIFO,
-so responses reach the client in exactly the order PostgreSQL would produce them.
+so responses reach the client in exactly the order PostgreSQL would produce them. Which message
+queues which entry, and what finishes it, is `pipeline.rules`.
 """
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Awaitable
+from typing import Awaitable, Callable
 
-# Pending kinds
-EXT = 0        # one extended-protocol message (Parse/Bind/Describe/Execute/Close)
-SYNC = 1       # Sync: answered by ReadyForQuery
-SIMPLE = 2     # simple Query or FunctionCall: answered by ... ReadyForQuery; ErrorResponse is not final
-
-# Response types that finish one extended-protocol message.
-EXT_DONE = frozenset(b"123TnCIsE")
-# Asynchronous messages PostgreSQL may send at any time; they always go to the client.
-ASYNC = frozenset(b"NAS")
+from .rules import ASYNC, EXT, EXT_DONE, SIMPLE, SYNC  # noqa: F401  (the kinds, for callers)
 
 
 class Consumer:
@@ -77,3 +70,20 @@ class LocalItem:
         self.data = data
         self.run = run
         self.extended = extended
+
+
+def awaits_upstream(queue) -> bool:
+    """Whether any forwarded message in the FIFO still awaits its answer."""
+    return any(type(item) is Pending for item in queue)
+
+
+def may_be_skipped(queue) -> bool:
+    """Whether an earlier message of this batch (since the last Sync) still awaits an answer
+    that may be an error, after which PostgreSQL would skip what follows until Sync."""
+    for item in reversed(queue):
+        if type(item) is Pending:
+            if item.kind == SYNC:
+                return False
+            if item.kind == EXT:
+                return True
+    return False

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import gpu as gpu_backend
-from .plan import PlanError, labels_array, no_proba
+from .contract import PlanError, labels_array, no_proba
 
 _REGRESSORS = (
     "LinearRegression", "Ridge", "RidgeCV", "Lasso", "LassoCV", "ElasticNet", "ElasticNetCV",

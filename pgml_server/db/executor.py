@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Protocol
 
 import asyncpg
 
-from .sqlnames import split_qualified
+from .names import split_qualified
 
 log = logging.getLogger("pgml_server.executor")
 

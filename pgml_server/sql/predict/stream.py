@@ -1,15 +1,9 @@
-"""Predictions inside SQL over tables.
+"""The one-pass (stream) strategy for pgml.predict* inside SQL over tables.
 
-stream (one pass): pgml.predict* only as whole top-level target-list entries with a constant or
-bound model. The upstream runs the query with each call replaced by its features cast to
-float8[] (binary); rows stream back and are predicted per block, the prediction put in place.
-
-general (two passes): pgml.predict* anywhere else (WHERE, ORDER BY, GROUP BY, aggregates, CTEs,
-subqueries, LATERAL, CREATE TABLE AS, INSERT … SELECT, UPDATE … SET) with a per-row model if
-needed. Pass one collects the distinct (model, features) pairs each call needs, from the FROM of
-the SELECT that holds the call; they are predicted in one batch and copied into a session temp
-table; pass two runs the statement with every call replaced by a lookup into that table.
-Both run on the client's own upstream connection: its transaction, temp tables and role apply.
+pgml.predict* only as whole top-level target-list entries with a constant or bound model. The
+upstream runs the query with each call replaced by its features cast to float8[] (binary); rows
+stream back and are predicted per block, the prediction put in place. Runs on the client's own
+upstream connection: its transaction, temp tables and role apply.
 """
 from __future__ import annotations
 
@@ -21,60 +15,23 @@ import numpy as np
 from pglast import ast
 
 from protocol import messages as m
-from protocol import sqlstate, types
+from protocol import types
 from protocol.errors import PgError
 
-from . import pending as pq
-from .cache import CachedModel
-from .functions.predict import authorize, check_features, model_for, run_plan
-from .pending import Consumer
-from .router import REWRITE, Route, deparse, is_pgml_call
+from ...functions.predict import check_features, run_plan
+from ...ml.cache import CachedModel
+from ...pipeline.consumers import Collector
+from ...pipeline.fifo import Consumer
+from ...pipeline.internal import InternalStatement, run_internal
+from ..arrays import float8_array_block, float8_arrays
+from ..astutil import deparse, has_pgml_call, is_pgml_call
+from ..encoding import format_code, with_formats
+from .common import OUTPUT, as_float8_array, encode_predictions, features_node, model_node, resolve_model
 
 _STMT = "__pgml_rewrite"
-_FLUSH = b"H\x00\x00\x00\x04"
-_SYNC = b"S\x00\x00\x00\x04"
 _I16 = struct.Struct("!h")
 _I32 = struct.Struct("!i")
 _BLOCK = 4096
-FLOAT8_ARRAY = types.ARRAY_OF[types.FLOAT8]
-REAL_ARRAY = types.ARRAY_OF[types.FLOAT4]
-_OUTPUT = {"predict": types.FLOAT4, "predict_proba": REAL_ARRAY, "predict_joint": REAL_ARRAY}
-
-
-def rewrite(sql: str, stmt) -> Route | None:
-    stream = StreamPredict.build(stmt)
-    if stream is not None:
-        return Route(REWRITE, rewrite=stream)
-    from .predict_general import GeneralPredict
-    general = GeneralPredict.build(stmt)
-    if general is not None:
-        return Route(REWRITE, rewrite=general)
-    return None
-
-
-def _float8_array(node) -> ast.TypeCast:
-    return ast.TypeCast(arg=node, typeName=ast.TypeName(names=(ast.String(sval="float8"),),
-                                                        arrayBounds=(ast.Integer(ival=-1),), typemod=-1))
-
-
-def features_node(call: ast.FuncCall):
-    """The features argument of a predict call as one array expression (VARIADIC form included)."""
-    args = [a.arg if isinstance(a, ast.NamedArgExpr) else a for a in call.args or ()]
-    named = {a.name: a.arg for a in call.args or () if isinstance(a, ast.NamedArgExpr)}
-    if "features" in named:
-        return named["features"]
-    rest = args[1:]
-    if len(rest) == 1:
-        return rest[0]
-    return ast.A_ArrayExpr(elements=tuple(rest))
-
-
-def model_node(call: ast.FuncCall):
-    for a in call.args or ():
-        if isinstance(a, ast.NamedArgExpr) and a.name == "project_name":
-            return a.arg
-    first = call.args[0]
-    return first.arg if isinstance(first, ast.NamedArgExpr) else first
 
 
 class _Output:
@@ -120,7 +77,7 @@ class StreamPredict:
             if not is_pgml_call(call):
                 continue
             name = call.funcname[-1].sval.lower()
-            if name not in _OUTPUT or not call.args:
+            if name not in OUTPUT or not call.args:
                 return None
             model = model_node(call)
             if isinstance(model, ast.A_Const) and not model.isnull:
@@ -131,12 +88,12 @@ class StreamPredict:
             else:
                 return None
             outputs.append(out)
-            targets[i] = ast.ResTarget(name=target.name or name, val=_float8_array(features_node(call)))
+            targets[i] = ast.ResTarget(name=target.name or name, val=as_float8_array(features_node(call)))
         if not outputs:
             return None
         stmt.targetList = tuple(targets)
         # Any other pgml call left (e.g. inside WHERE) needs the general strategy.
-        if _has_pgml_call(stmt):
+        if has_pgml_call(stmt):
             return None
         n = max(param_types) if param_types else 0
         plan = cls(deparse(stmt), outputs, [param_types.get(i, 0) for i in range(1, n + 1)])
@@ -145,56 +102,36 @@ class StreamPredict:
 
     # -- execution
 
-    def _messages(self, session, params: list[bytes | None], param_formats: list[int],
-                  result_formats: list[int], ncols_hint: int | None) -> bytes:
-        return b"".join((
-            m.Close("S", _STMT).encode(),
-            m.Parse(_STMT, self.sql, self.param_types).encode(),
-            m.Bind(_STMT, _STMT, param_formats, params, result_formats).encode(),
-            m.Describe("P", _STMT).encode(),
-            m.Execute(_STMT, 0).encode(),
-            m.Close("S", _STMT).encode(),
-        ))
+    def _statement(self, params=(), param_formats=(), result_formats=(), *, execute: bool = True):
+        return InternalStatement(self.sql, _STMT, self.param_types, params, param_formats, result_formats,
+                                 describe=execute, execute=execute)
 
     async def _run(self, session, params, param_formats, client_formats, emit_description: bool,
-                   model_params: list) -> None:
-        models = [await _resolve(session, o, model_params) for o in self.outputs]
-        ncols_formats = _formats_for(client_formats, self.outputs, self.ncols)
+                   model_params: list, *, extended: bool) -> None:
+        models = [await resolve_model(session, o.model if o.param is None else model_params[o.param])
+                  for o in self.outputs]
+        formats = _formats_for(client_formats, self.outputs, self.ncols)
         consumer = _StreamConsumer(session, self, models, client_formats, emit_description)
-        use_sync = not session.batch_dirty
-        data = self._messages(session, params, param_formats, ncols_formats, None) + (_SYNC if use_sync else _FLUSH)
-        session.send_internal(data, [pq.EXT] * 6 + ([pq.SYNC] if use_sync else []), consumer)
-        await consumer.done
-        if consumer.error is not None:
-            raise consumer.error
+        await run_internal(session, self._statement(params, param_formats, formats), consumer, extended=extended)
 
     async def run_simple(self, session, sql: str) -> None:
-        await self._run(session, [], [], [0], True, [])
+        await self._run(session, [], [], [0], True, [], extended=False)
 
     async def run_extended(self, session, portal) -> None:
         raw = portal.raw_params
-        await self._run(session, raw.params, raw.param_formats, portal.result_formats, False, portal.params)
+        await self._run(session, raw.params, raw.param_formats, portal.result_formats, False, portal.params,
+                        extended=True)
 
     async def describe(self, session, prepared, portal) -> bytes:
         """ParameterDescription + RowDescription (statement) or RowDescription (portal) from the upstream."""
-        consumer = _DescribeConsumer()
-        use_sync = not session.batch_dirty
-        data = b"".join((m.Close("S", _STMT).encode(), m.Parse(_STMT, self.sql, self.param_types).encode(),
-                         m.Describe("S", _STMT).encode(), m.Close("S", _STMT).encode(),
-                         _SYNC if use_sync else _FLUSH))
-        session.send_internal(data, [pq.EXT] * 4 + ([pq.SYNC] if use_sync else []), consumer)
-        await consumer.done
-        if consumer.error is not None:
-            raise consumer.error
+        consumer = await run_internal(session, self._statement(execute=False), Collector(), extended=True)
         fields = list(consumer.fields or [])
         for out in self.outputs:
             f = fields[out.index]
-            oid = _OUTPUT[out.function]
+            oid = OUTPUT[out.function]
             fields[out.index] = m.FieldDescription(f.name, 0, 0, oid, types.type_size(oid), -1, 0)
         if portal is not None:
-            fmts = portal.result_formats
-            fields = [m.FieldDescription(f.name, f.table_oid, f.column_attr, f.type_oid, f.type_size, f.type_mod,
-                                         _fmt(fmts, i)) for i, f in enumerate(fields)]
+            fields = with_formats(fields, portal.result_formats)
             return m.RowDescription(fields).encode() if fields else m.NoData().encode()
         oids = [o if o else types.TEXT for o in consumer.param_oids]
         if prepared is not None:
@@ -220,60 +157,19 @@ def _sorts_by_prediction(stmt) -> bool:
         if isinstance(node, ast.ColumnRef) and len(node.fields) == 1 and \
                 isinstance(node.fields[0], ast.String) and node.fields[0].sval.lower() in names:
             return True
-        if _has_pgml_call(node):
+        if has_pgml_call(node):
             return True
     return False
-
-
-def _has_pgml_call(stmt) -> bool:
-    from .router import _pgml_calls
-    return bool(_pgml_calls(stmt))
-
-
-def _fmt(formats: list[int], i: int) -> int:
-    if not formats:
-        return 0
-    if len(formats) == 1:
-        return formats[0]
-    return formats[i] if i < len(formats) else 0
 
 
 def _formats_for(client_formats: list[int], outputs: list[_Output], ncols: int) -> list[int]:
     """Result formats for the upstream: binary for feature columns, the client's choice elsewhere.
     One code per column: a single code would apply to every column (PostgreSQL's rule)."""
     n = max(ncols, max(o.index for o in outputs) + 1)
-    formats = [_fmt(client_formats, i) for i in range(n)]
+    formats = [format_code(client_formats, i) for i in range(n)]
     for o in outputs:
         formats[o.index] = 1
     return formats
-
-
-async def _resolve(session, out: _Output, params: list) -> CachedModel:
-    from .local import CallContext
-    project = out.model if out.param is None else params[out.param]
-    ctx = CallContext(session, extended=True)
-    entry = model_for(ctx, project)
-    model = entry if isinstance(entry, CachedModel) else await entry
-    await authorize(ctx, model)
-    return model
-
-
-# ---------------------------------------------------------------- consumers
-
-class _DescribeConsumer(Consumer):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fields = None
-        self.param_oids: list[int] = []
-        self.error: PgError | None = None
-
-    def on_message(self, t: int, payload: bytes) -> None:
-        if t == 0x74:
-            self.param_oids = m.ParameterDescription.decode(payload).oids
-        elif t == 0x54:
-            self.fields = m.RowDescription.decode(payload).fields
-        elif t == 0x45 and self.error is None:
-            self.error = PgError.from_fields(m.ErrorResponse.decode(payload).fields)
 
 
 def split_fields(payload: bytes) -> list[bytes | None]:
@@ -303,61 +199,6 @@ def _row_layout(payload: bytes) -> list[tuple[int, int]] | None:
         layout.append((pos + 4, length))
         pos += 4 + length
     return layout
-
-
-def _block_float8_arrays(cells: np.ndarray) -> np.ndarray:
-    """Binary float8[] values of identical layout, one per row of `cells` (uint8) → float64 matrix."""
-    first = bytes(cells[0])
-    ndim, has_null = _I32.unpack_from(first, 0)[0], _I32.unpack_from(first, 4)[0]
-    header = 12 + 8 * max(ndim, 0)
-    if has_null or ndim < 1 or not (cells[:, :header] == cells[0, :header]).all():
-        return decode_float8_arrays([bytes(r) for r in cells])
-    body = np.ascontiguousarray(cells[:, header:]).view(np.dtype([("len", ">i4"), ("v", ">f8")]))
-    return body["v"].astype(np.float64)
-
-
-def decode_float8_arrays(values: list[bytes | None]) -> np.ndarray:
-    """Binary float8[] values (one per row) → a float64 matrix; NULL elements become NaN."""
-    first = next((v for v in values if v is not None), None)
-    if first is None:
-        raise PgError(sqlstate.NULL_VALUE_NOT_ALLOWED, "features must not be NULL")
-    if all(v is not None and len(v) == len(first) for v in values):
-        ndim = _I32.unpack_from(first, 0)[0]
-        has_null = _I32.unpack_from(first, 4)[0]
-        if not has_null and ndim >= 1:
-            header = 12 + 8 * ndim
-            count = (len(first) - header) // 12
-            block = np.frombuffer(b"".join(values), dtype=np.uint8).reshape(len(values), len(first))
-            body = np.ascontiguousarray(block[:, header:]).view(np.dtype([("len", ">i4"), ("v", ">f8")]))
-            return body["v"].reshape(len(values), count).astype(np.float64)
-    rows = [types.decode(FLOAT8_ARRAY, bytes(v), True) if v is not None else None for v in values]
-    if any(r is None for r in rows):
-        raise PgError(sqlstate.NULL_VALUE_NOT_ALLOWED, "features must not be NULL")
-    flat = [list(_flatten(r)) for r in rows]
-    width = len(flat[0])
-    if any(len(r) != width for r in flat):
-        raise PgError(sqlstate.INVALID_PARAMETER_VALUE, "rows have different numbers of features")
-    return np.array([[np.nan if x is None else x for x in r] for r in flat], dtype=np.float64)
-
-
-def _flatten(v):
-    for x in v:
-        if isinstance(x, list):
-            yield from _flatten(x)
-        else:
-            yield x
-
-
-def encode_predictions(function: str, values: np.ndarray, binary: bool) -> list[bytes]:
-    if function == "predict":
-        vals = np.asarray(values, dtype=np.float32).ravel()
-        if binary:
-            raw = vals.astype(">f4").tobytes()
-            return [raw[i:i + 4] for i in range(0, len(raw), 4)]
-        return [types.encode(types.FLOAT4, float(v), False) for v in vals]
-    rows = np.asarray(values, dtype=np.float32)
-    rows = rows.reshape(rows.shape[0], -1)
-    return [types.encode(REAL_ARRAY, [float(x) for x in r], binary) for r in rows]
 
 
 class _StreamConsumer(Consumer):
@@ -400,7 +241,7 @@ class _StreamConsumer(Consumer):
     def bulk(self) -> bool:
         # Whole blocks of rows can be rewritten with numpy when every prediction goes out as a
         # binary real (fixed width); text output has a width per value, so it goes row by row.
-        return all(o.function == "predict" and _fmt(self.client_formats, o.index) for o in self.plan.outputs)
+        return all(o.function == "predict" and format_code(self.client_formats, o.index) for o in self.plan.outputs)
 
     def on_rows(self, buf: bytes, start: int, end: int) -> int:
         """Rewrite a run of identically laid-out DataRows at once; return where the run stops."""
@@ -443,7 +284,7 @@ class _StreamConsumer(Consumer):
                 pieces.append(block[:, 5 + off - 4: 5 + off + length])
                 continue
             out, model = outputs[i]
-            X = check_features(model, _block_float8_arrays(block[:, 5 + off: 5 + off + length]))
+            X = check_features(model, float8_array_block(block[:, 5 + off: 5 + off + length]))
             pred = np.asarray(run_plan(model, "predict", X), dtype=">f4").reshape(k, 1)
             pieces.append(np.broadcast_to(np.frombuffer(_I32.pack(4), np.uint8), (k, 4)))
             pieces.append(pred.view(np.uint8).reshape(k, 4))
@@ -456,9 +297,9 @@ class _StreamConsumer(Consumer):
         fields = list(m.RowDescription.decode(payload).fields)
         for out in self.plan.outputs:
             f = fields[out.index]
-            oid = _OUTPUT[out.function]
+            oid = OUTPUT[out.function]
             fields[out.index] = m.FieldDescription(f.name, 0, 0, oid, types.type_size(oid), -1,
-                                                   _fmt(self.client_formats, out.index))
+                                                   format_code(self.client_formats, out.index))
         self.session.emit(m.RowDescription(fields).encode())
 
     def _flush_rows(self) -> None:
@@ -467,9 +308,9 @@ class _StreamConsumer(Consumer):
             return
         self.rows = []
         for out, model in zip(self.plan.outputs, self.models):
-            X = check_features(model, decode_float8_arrays([r[out.index] for r in rows]))
+            X = check_features(model, float8_arrays([r[out.index] for r in rows]))
             pred = run_plan(model, out.function, X)
-            encoded = encode_predictions(out.function, pred, bool(_fmt(self.client_formats, out.index)))
+            encoded = encode_predictions(out.function, pred, bool(format_code(self.client_formats, out.index)))
             for r, v in zip(rows, encoded):
                 r[out.index] = v
         emit = self.session.emit

@@ -1,33 +1,23 @@
-"""Decide what happens to a statement: forward it, answer it locally, or rewrite it.
+"""Compiling a statement made only of pgml.* calls into a LocalStatement.
 
-The session calls the router only for SQL that contains `pgml` (a bytes search decides that);
-results are cached by SQL text, so a statement is parsed once however often it runs.
-Classification is pure: it never touches the network.
+`SELECT pgml.f(...)[, ...]` and `SELECT * FROM pgml.f(...)` with constant or bound arguments are
+answered by the server itself: the arguments become evaluators over the statement's parameter
+values, bound to the function's signature once (functions/base.py), so running the statement
+again only evaluates them.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
-import pglast
-import pglast.visitors
 from pglast import ast
-from pglast.stream import RawStream
 
 from protocol import sqlstate, types
 from protocol.errors import PgError
 
-from .functions import FUNCTIONS, Function
-from .functions.base import ANY, RECORD, BoundArgs, bind, evaluate
-
-FORWARD = "forward"
-LOCAL = "local"
-MULTI = "multi"
-ERROR = "error"
-REWRITE = "rewrite"
-
-PREDICT_FUNCTIONS = frozenset({"predict", "predict_proba", "predict_joint", "predict_batch"})
+from ..functions import FUNCTIONS, Function
+from ..functions.base import ANY, RECORD, BoundArgs, bind, evaluate
+from .astutil import func_name, is_pgml_call
 
 
 @dataclass
@@ -52,107 +42,6 @@ class LocalStatement:
     def returns_set(self) -> bool:
         return any(c.function.returns_set for c in self.calls)
 
-
-@dataclass
-class Route:
-    kind: str
-    statement: LocalStatement | None = None
-    error: PgError | None = None
-    parts: list[tuple[str, "Route"]] = field(default_factory=list)
-    rewrite: Any = None
-
-
-_FORWARD = Route(FORWARD)
-
-
-class Router:
-    def __init__(self, cache_size: int = 4096, rewriter: Callable[[str, Any], Route | None] | None = None) -> None:
-        self._cache: OrderedDict[str, Route] = OrderedDict()
-        self._cache_size = cache_size
-        self._rewriter = rewriter
-
-    def classify(self, sql: str) -> Route:
-        route = self._cache.get(sql)
-        if route is not None:
-            self._cache.move_to_end(sql)
-            return route
-        route = self._classify(sql)
-        self._cache[sql] = route
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return route
-
-    def _classify(self, sql: str) -> Route:
-        try:
-            stmts = pglast.parse_sql(sql)
-        except pglast.parser.ParseError:
-            return _FORWARD         # the upstream reports the syntax error exactly as it should
-        if len(stmts) > 1:
-            parts = [(_source(sql, s), self._classify_stmt(_source(sql, s), s.stmt)) for s in stmts]
-            if all(r.kind == FORWARD for _, r in parts):
-                return _FORWARD
-            return Route(MULTI, parts=parts)
-        if not stmts:
-            return _FORWARD
-        return self._classify_stmt(sql, stmts[0].stmt)
-
-    def _classify_stmt(self, sql: str, stmt) -> Route:
-        calls = _pgml_calls(stmt)
-        if not calls:
-            return _FORWARD
-        try:
-            local = compile_local(stmt)
-        except PgError as err:
-            return Route(ERROR, error=err)
-        if local is not None:
-            return Route(LOCAL, statement=local)
-        if any(_func_name(c) in PREDICT_FUNCTIONS for c in calls) and self._rewriter is not None:
-            try:
-                rewritten = self._rewriter(sql, stmt)
-            except PgError as err:
-                return Route(ERROR, error=err)
-            if rewritten is not None:
-                return rewritten
-        if all(_func_name(c) not in FUNCTIONS for c in calls):
-            return _FORWARD
-        return Route(ERROR, error=PgError(
-            sqlstate.FEATURE_NOT_SUPPORTED,
-            "pgml-server cannot run this use of " + ", ".join(sorted({f"pgml.{_func_name(c)}" for c in calls})),
-            hint="pgml.* functions run as SELECT pgml.f(...) or SELECT * FROM pgml.f(...) with constant or "
-                 "bound arguments; pgml.predict* can also appear inside queries over tables."))
-
-
-def _source(sql: str, raw: ast.RawStmt) -> str:
-    data = sql.encode()
-    start = raw.stmt_location or 0
-    end = start + raw.stmt_len if raw.stmt_len else len(data)
-    return data[start:end].decode().strip()
-
-
-def _func_name(call: ast.FuncCall) -> str:
-    return call.funcname[-1].sval.lower()
-
-
-def is_pgml_call(node) -> bool:
-    if not isinstance(node, ast.FuncCall):
-        return False
-    names = node.funcname
-    return len(names) == 2 and names[0].sval.lower() == "pgml"
-
-
-def _pgml_calls(stmt) -> list[ast.FuncCall]:
-    found: list[ast.FuncCall] = []
-
-    class Finder(pglast.visitors.Visitor):
-        def visit_FuncCall(self, ancestors, node):
-            if is_pgml_call(node):
-                found.append(node)
-
-    Finder()(stmt)
-    return found
-
-
-# ---------------------------------------------------------------- local statements
 
 def compile_local(stmt) -> LocalStatement | None:
     """Compile `SELECT pgml.f(...)[, ...]` or `SELECT * FROM pgml.f(...)`, else None."""
@@ -210,7 +99,7 @@ def _param_list(params: dict[int, int]) -> list[int]:
 
 
 def _compile_call(node: ast.FuncCall, params: dict[int, int], alias: str | None) -> LocalCall | None:
-    name = _func_name(node)
+    name = func_name(node)
     fn = FUNCTIONS.get(name)
     if fn is None:
         return None
@@ -354,6 +243,3 @@ def _cast(value: Any, oid: int) -> Any:
         return [_cast(v, elem) if not isinstance(v, list) else _cast(v, oid) for v in value]
     return value
 
-
-def deparse(node) -> str:
-    return RawStream()(node)

@@ -1,40 +1,39 @@
-"""One client connection: startup, relayed authentication, then the message loop.
+"""One client connection after its startup: the message loop, the upstream side, the lifecycle.
 
 The session is driven by asyncio Protocol callbacks (no per-message coroutine on the hot path):
-client bytes are framed and routed by `_pump`; upstream bytes are scanned by `_on_upstream_data`
+client bytes are framed and routed by `_pump`; upstream bytes are scanned by `on_upstream_data`
 and relayed in whole runs. Ordering rests on one FIFO of `Pending`/`LocalItem` entries
-(see pending.py): every upstream answer and every local answer is emitted when its entry reaches
-the head, so mixed pipelines come out exactly in the order PostgreSQL would produce them.
+(pipeline/fifo.py): every upstream answer and every local answer is emitted when its entry
+reaches the head, so mixed pipelines come out exactly in the order PostgreSQL would produce
+them. Which message queues which entry, and which answer finishes it, is the table in
+pipeline/rules.py; the general path and both relay fast paths use it alike. Local statements go
+to the runner the server gives the session (`ctx.new_runner`), so this layer imports no SQL.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import struct
 from collections import deque
 from itertools import islice
-from typing import TYPE_CHECKING
+from typing import Any
 
 from protocol import messages as m
 from protocol import sqlstate
 from protocol.errors import PgError, ProtocolViolation, error_response, notice_response
-from protocol.framing import FRONTEND_LIMITS, Framer
+from protocol.framing import Framer
 
-from . import pending as pq
-from .local import LocalPortal, LocalPrepared, LocalRunner
-from .pending import Consumer, LocalItem, Pending
-
-if TYPE_CHECKING:
-    from .server import ServerContext
+from ..pipeline.consumers import Discard
+from ..pipeline.fifo import Consumer, LocalItem, Pending, awaits_upstream
+from ..pipeline.internal import FLUSH
+from ..pipeline.rules import (ANSWERED_BY, ASYNC, B, C, D, E, ERROR, EXT, NOTICE, P, Q, READY, S, SIMPLE,
+                              SYNC, X, finishes, forwarded_kind, mentions_pgml, skips_to_sync)
+from .context import ProxyContext
+from .startup import StartupPhase
 
 log = logging.getLogger("pgml_server.session")
 
-_PGML = re.compile(rb"pgml", re.IGNORECASE)
 _I32 = struct.Struct("!i")
-_HDR = struct.Struct("!cI")
-_FLUSH = b"H\x00\x00\x00\x04"
-_SYNC = b"S\x00\x00\x00\x04"
 _TERMINATE = b"X\x00\x00\x00\x04"
 # A statement the upstream cannot parse: sent after a local error so the upstream, too, fails
 # the transaction (or the pipeline's implicit transaction) exactly as PostgreSQL would.
@@ -43,63 +42,10 @@ _FAIL_SQL = "pgml local statement failed"
 # Bytes of a client's outgoing buffer above which we stop reading the upstream (and vice versa).
 _HIGH_WATER = 1 << 20
 
-Q, P, B, D, E, S, H, C, X, F = (ord(c) for c in "QPBDESHCXF")
-COPY_DATA, COPY_DONE, COPY_FAIL = ord("d"), ord("c"), ord("f")
-Z, ERR = ord("Z"), ord("E")
-
-
-class ClientProtocol(asyncio.Protocol):
-    def __init__(self, ctx: "ServerContext") -> None:
-        self.ctx = ctx
-        self.session: Session | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:
-        self.session = Session(self.ctx, transport, self)
-
-    def data_received(self, data: bytes) -> None:
-        self.session.on_client_data(data)
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.session is not None:
-            self.session.on_client_lost()
-
-    def pause_writing(self) -> None:
-        self.session.set_upstream_reading(False)
-
-    def resume_writing(self) -> None:
-        self.session.set_upstream_reading(True)
-
-
-class UpstreamProtocol(asyncio.Protocol):
-    def __init__(self, session: "Session") -> None:
-        self.session = session
-        self.handshake: asyncio.Future | None = None    # SSL negotiation answer byte
-
-    def data_received(self, data: bytes) -> None:
-        if self.handshake is not None and not self.handshake.done():
-            self.handshake.set_result(data)
-            return
-        self.session.on_upstream_data(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.handshake is not None and not self.handshake.done():
-            self.handshake.set_exception(ConnectionError("upstream closed the connection"))
-        self.session.on_upstream_lost()
-
-    def pause_writing(self) -> None:
-        self.session.set_client_reading(False)
-
-    def resume_writing(self) -> None:
-        self.session.set_client_reading(True)
-
-
-class Session:
+class Session(StartupPhase):
     """The state of one client connection and its private upstream connection."""
 
-    def __init__(self, ctx: "ServerContext", transport: asyncio.Transport, protocol: ClientProtocol) -> None:
+    def __init__(self, ctx: ProxyContext, transport: asyncio.Transport, protocol: asyncio.Protocol) -> None:
         self.ctx = ctx
         self.client = transport
         self.client_protocol = protocol
@@ -120,9 +66,9 @@ class Session:
         self.unsynced = False           # a client message went upstream since the client's last Sync
         self.blocked = False            # a local coroutine owns the session; client frames wait
         self.local_task: asyncio.Task | None = None
-        self.prepared: dict[str, LocalPrepared] = {}
-        self.portals: dict[str, LocalPortal] = {}
-        self.runner = LocalRunner(self)
+        self.prepared: dict[str, Any] = {}       # local prepared statements (the runner's)
+        self.portals: dict[str, Any] = {}        # local portals (the runner's)
+        self.runner = ctx.new_runner(self)
         self.readable_models: set[int] = set()   # models this client's role was seen to read
         self._frame_type = 0                      # type of the frame being routed (for _malformed)
         self._deferred = None                     # a frame to route again (route_after_answers)
@@ -153,109 +99,6 @@ class Session:
             log.exception("session failed")
             self._fatal(PgError(sqlstate.INTERNAL_ERROR, f"pgml-server internal error: {exc}", severity="FATAL"))
         self._flush_client()
-
-    def _startup_frames(self) -> None:
-        while self.phase == "startup" and (frame := self.framer.next_frame()) is not None:
-            msg = m.decode_startup_packet(frame.payload)
-            if isinstance(msg, m.SSLRequest):
-                self._answer_ssl()
-            elif isinstance(msg, m.GSSENCRequest):
-                self.client.write(b"N")
-            elif isinstance(msg, m.CancelRequest):
-                self.ctx.cancel_keys.cancel(msg.pid, msg.secret)
-                self._close()
-            else:
-                self._start(msg)
-
-    def _answer_ssl(self) -> None:
-        if self.ctx.tls_context is None:
-            self.client.write(b"N")
-            return
-        if self.framer.buffered():
-            raise ProtocolViolation("received unencrypted data after SSL request", severity="FATAL")
-        self.client.write(b"S")
-        self.phase = "tls"
-        asyncio.ensure_future(self._upgrade_client_tls())
-
-    async def _upgrade_client_tls(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            self.client = await loop.start_tls(self.client, self.client_protocol, self.ctx.tls_context,
-                                               server_side=True)
-        except Exception as exc:  # handshake failure: nothing useful can be sent
-            log.info("client TLS handshake failed: %s", exc)
-            self._close()
-            return
-        self.phase = "startup"
-
-    @property
-    def client_tls(self) -> bool:
-        return self.client.get_extra_info("sslcontext") is not None
-
-    def _start(self, msg: m.StartupMessage) -> None:
-        if msg.version >> 16 != 3:
-            raise PgError(sqlstate.FEATURE_NOT_SUPPORTED,
-                          f"unsupported frontend protocol {msg.version >> 16}.{msg.version & 0xFFFF}: "
-                          "server supports 3.0 to 3.0", severity="FATAL")
-        if self.ctx.client_count() > self.ctx.config.max_clients:
-            raise PgError(sqlstate.TOO_MANY_CONNECTIONS, "sorry, too many clients already", severity="FATAL")
-        self.startup_params = dict(msg.params)
-        self.startup_msg = msg
-        self.framer.set_typed()
-        self.phase = "connecting"
-        self.client.pause_reading()
-        asyncio.ensure_future(self._connect_upstream())
-
-    async def _connect_upstream(self) -> None:
-        try:
-            await self.ctx.open_upstream(self)
-        except PgError as err:
-            self._fatal(err)
-            return
-        except OSError as exc:
-            self._fatal(PgError(sqlstate.CONNECTION_FAILURE,
-                                f"pgml-server could not connect to the upstream PostgreSQL: {exc}",
-                                severity="FATAL"))
-            return
-        if self.phase == "closed":
-            self._close_upstream()
-            return
-        self.phase = "auth"
-        self.upstream.write(self.startup_msg.encode())
-        self.client.resume_reading()
-        self._auth_frames()
-        self._flush_client()
-
-    def _auth_frames(self) -> None:
-        # Password, SASLInitialResponse and SASLResponse messages pass through unchanged.
-        while self.phase == "auth" and (frame := self.framer.next_frame()) is not None:
-            if frame.type != ord("p"):
-                if frame.type == X:
-                    self._close()
-                    return
-                raise ProtocolViolation(f"expected password response, got message type {chr(frame.type)!r}",
-                                        severity="FATAL")
-            self._check_channel_binding(frame.payload)
-            self.upstream.write(frame.raw)
-
-    def _check_channel_binding(self, payload: memoryview) -> None:
-        """A client that supports channel binding over TLS says so with gs2 flag 'y'; an upstream that
-        itself runs TLS then refuses the login as a downgrade attack. Say clearly why, and what to do."""
-        if not (self.upstream_tls and self.client_tls):
-            return
-        raw = bytes(payload)
-        nul = raw.find(b"\x00")
-        if nul < 0 or not raw.startswith(b"SCRAM-SHA-256\x00"):
-            return
-        if raw[nul + 5: nul + 6] == b"y":
-            raise PgError(
-                sqlstate.INVALID_AUTHORIZATION_SPECIFICATION,
-                "SCRAM channel binding cannot pass through pgml-server",
-                detail="Both the client link and the upstream link use TLS, so the client offers channel "
-                       "binding, which binds to pgml-server's certificate, not the upstream's.",
-                hint="Connect with channel_binding=disable, or let pgml-server reach the upstream "
-                     "without TLS (sslmode=disable in --upstream) on a trusted network.",
-                severity="FATAL")
 
     # ------------------------------------------------------------------ the message loop
 
@@ -292,7 +135,7 @@ class Session:
         local step is running, an error is skipping to Sync, the packet holds a partial,
         malformed or Terminate message, or a Sync might be answered locally."""
         if (self.blocked or self.failed_until_sync or self.prepared or self.portals
-                or self.upstream is None or _PGML.search(data) is not None):
+                or self.upstream is None or mentions_pgml(data)):
             return False
         kinds = self.framer.whole_message_types(data)
         if kinds is None:
@@ -300,20 +143,19 @@ class Session:
         pending: list[int] = []
         unsynced, dirty = self.unsynced, self.batch_dirty
         for t in kinds:
-            if t == S:
-                if not unsynced and not any(type(item) is Pending for item in self.queue):
+            kind = ANSWERED_BY.get(t)
+            if kind == SYNC:
+                if not unsynced and not awaits_upstream(self.queue):
                     return False            # perhaps answered locally: _pump_frames decides
-                pending.append(pq.SYNC)
+                pending.append(SYNC)
                 unsynced = dirty = False
                 continue
-            if t == Q or t == F:
-                pending.append(pq.SIMPLE)
-            elif t == P or t == B or t == D or t == C or t == E:
-                pending.append(pq.EXT)
-                if t == E:
-                    dirty = True
-            elif t == X:
+            if t == X:
                 return False
+            if kind is not None:
+                pending.append(kind)
+            if t == E:
+                dirty = True
             unsynced = True                 # Flush and COPY messages too, as in _pump_frames
         self.queue.extend(map(Pending, pending))
         self.unsynced, self.batch_dirty = unsynced, dirty
@@ -328,11 +170,11 @@ class Session:
         async def fail() -> None:
             raise err
         self.push_local(LocalItem(run=fail, extended=self._frame_type != Q))
-        if self.upstream is not None and any(type(item) is Pending for item in self.queue):
+        if self.upstream is not None and awaits_upstream(self.queue):
             # The error waits for the answers to what the pump forwarded before it, which went
             # out without Sync or Flush (the pump stopped on the bad message): ask for them now
             # (found by the live fuzz test: a malformed Bind after a forwarded Parse hung).
-            self.upstream.write(_FLUSH)
+            self.upstream.write(FLUSH)
         self._drain()
 
     def _pump_frames(self) -> None:
@@ -351,36 +193,31 @@ class Session:
                         return
                     continue
                 if t == Q:
-                    if _PGML.search(frame.payload) is None:
-                        out.append(frame.raw)
-                        queue.append(Pending(pq.SIMPLE))
+                    if mentions_pgml(frame.payload):
+                        self.runner.simple_query(frame, out)
                     else:
-                        self._local_query(frame, out)
+                        self._forward(frame, out)
                 elif t == P:
-                    if _PGML.search(frame.payload) is None and not self.prepared:
-                        out.append(frame.raw)
-                        queue.append(Pending(pq.EXT))
-                    else:
+                    if mentions_pgml(frame.payload) or self.prepared:
                         self.runner.parse(frame, out)
+                    else:
+                        self._forward(frame, out)
                 elif t == E:
                     if self.portals and self.runner.is_local_portal(frame.payload):
                         self.runner.execute(frame)
                     else:
-                        out.append(frame.raw)
-                        queue.append(Pending(pq.EXT))
+                        self._forward(frame, out)
                         self.batch_dirty = True
                 elif t == B or t == D or t == C:
                     if (self.prepared or self.portals) and self.runner.handles(t, frame.payload):
                         self.runner.dispatch(t, frame, out)
                     else:
-                        out.append(frame.raw)
-                        queue.append(Pending(pq.EXT))
+                        self._forward(frame, out)
                 elif t == S:
                     # (a Sync with a body is malformed: the upstream answers it with 08P01; fuzz)
                     if (self.unsynced or len(out) > synced_at or self.failed_until_sync or len(frame.payload)
-                            or any(type(item) is Pending for item in queue)):
-                        out.append(frame.raw)
-                        queue.append(Pending(pq.SYNC))
+                            or awaits_upstream(queue)):
+                        self._forward(frame, out)
                     else:
                         # Only local messages since the last Sync (a prepared pgml.predict): the upstream
                         # has no implicit transaction to end and every answer it owed has arrived, so its
@@ -393,29 +230,30 @@ class Session:
                 elif t == X:
                     self._client_terminated()
                     return
-                elif t == F:
-                    out.append(frame.raw)
-                    queue.append(Pending(pq.SIMPLE))
                 else:
-                    # Flush, CopyData/CopyDone/CopyFail and anything unknown: the upstream decides.
-                    out.append(frame.raw)
-                    if t == H and len(frame.payload):
-                        # A Flush with a body is malformed: PostgreSQL answers 08P01 and skips
-                        # to Sync, so this one has an answer to wait for (found by the fuzz test).
-                        queue.append(Pending(pq.EXT))
+                    # FunctionCall, Flush, CopyData/CopyDone/CopyFail and anything unknown: the
+                    # upstream decides.
+                    self._forward(frame, out)
         finally:
             if len(out) > synced_at:
                 self.unsynced = True
             if self.upstream is not None:
-                if self.blocked and not was_blocked and any(type(item) is Pending for item in queue):
+                if self.blocked and not was_blocked and awaits_upstream(queue):
                     # A local step waits for the upstream's answers to what precedes it, which a
                     # pipelining client may have sent in an earlier packet without Sync or Flush.
                     # (Any forwarded message counts, not only the head: local answers ahead of it
                     # are emitted at once and must not leave the upstream holding its answer.)
-                    out.append(_FLUSH)
+                    out.append(FLUSH)
                 if out:
                     self.upstream.write(b"".join(out))
         self._drain()
+
+    def _forward(self, frame, out: list) -> None:
+        """Send a client message upstream unchanged, with the FIFO entry its answer fills (if any)."""
+        out.append(frame.raw)
+        kind = forwarded_kind(frame.type, frame.payload)
+        if kind is not None:
+            self.queue.append(Pending(kind))
 
     def route_after_answers(self, frame) -> None:
         """Route `frame` again once every answer queued before it has arrived.
@@ -436,9 +274,6 @@ class Session:
         self.queue.append(item)
         if item.run is not None:
             self.blocked = True
-
-    def _local_query(self, frame, out: list) -> None:
-        self.runner.simple_query(frame, out)
 
     def _drain(self) -> None:
         """Emit local answers that reached the head; start a local coroutine that did."""
@@ -493,12 +328,12 @@ class Session:
         self._flush_client()
 
     async def run_internal_failure(self, *, extended: bool) -> None:
-        consumer = _Discard()
+        consumer = Discard()
         if extended:
             # A named statement: a failed Parse creates nothing and leaves the client's unnamed one alone.
-            self.send_internal(m.Parse("__pgml_fail", _FAIL_SQL, []).encode() + _FLUSH, [pq.EXT], consumer)
+            self.send_internal(m.Parse("__pgml_fail", _FAIL_SQL, []).encode() + FLUSH, [EXT], consumer)
         else:
-            self.send_internal(m.Query(_FAIL_SQL).encode(), [pq.SIMPLE], consumer)
+            self.send_internal(m.Query(_FAIL_SQL).encode(), [SIMPLE], consumer)
         await consumer.done
 
     def send_internal(self, data: bytes, kinds: list[int], consumer: Consumer) -> None:
@@ -553,16 +388,15 @@ class Session:
             t = buf[pos]
             end = pos + 1 + unpack(buf, pos + 1)[0]
             head = queue[0] if queue else None
-            consumer = head.consumer if head is not None and t not in pq.ASYNC else None
+            consumer = head.consumer if head is not None and t not in ASYNC else None
             if end > n:
-                if consumer is None and t != Z and not isinstance(head, LocalItem):
+                if consumer is None and t != READY and not isinstance(head, LocalItem):
                     # Relay what we have of a large message, the rest as it arrives.
                     self._account(t, head, None)
                     self.relay_left = end - n
                     pos = n
                 break
-            if t == 0x4E and end <= n and head is not None and head.consumer is not None \
-                    and head.consumer.quiet:
+            if t == NOTICE and head is not None and head.consumer is not None and head.consumer.quiet:
                 # A notice raised by the server's own bookkeeping statement: not the client's.
                 if pos > run:
                     out.append(buf[run:pos])
@@ -582,8 +416,8 @@ class Session:
                     out.append(buf[run:pos])
                 run = end
                 consumer.on_message(t, buf[pos + 5:end])
-            if head is not None and t not in pq.ASYNC:
-                self._account(t, head, buf[pos + 5:end] if t == Z else None)
+            if head is not None and t not in ASYNC:
+                self._account(t, head, buf[pos + 5:end] if t == READY else None)
             pos = end
             if queue and isinstance(queue[0], LocalItem):
                 if pos > run:
@@ -612,7 +446,7 @@ class Session:
         unpack = _I32.unpack_from
         ends = []
         while pos < n:
-            if n - pos < 5 or data[pos] == ERR:     # an error skips entries to Sync: the general loop
+            if n - pos < 5 or data[pos] == ERROR:   # an error skips entries to Sync: the general loop
                 return False
             pos += 1 + unpack(data, pos + 1)[0]
             ends.append(pos)
@@ -627,13 +461,10 @@ class Session:
         start = 0
         for end in ends:
             t = data[start]
-            if t not in pq.ASYNC and queue:
-                if queue[0].kind == pq.EXT:
-                    if t in pq.EXT_DONE:
-                        queue.popleft()
-                elif t == Z:
+            if t not in ASYNC and queue and finishes(queue[0].kind, t):
+                if t == READY:
                     self.tx_status = chr(data[start + 5])
-                    queue.popleft()
+                queue.popleft()
             start = end
         self.out.append(data)
         if queue and type(queue[0]) is LocalItem:    # a local answer right after these ones
@@ -645,19 +476,14 @@ class Session:
         return True
 
     def _account(self, t: int, head, payload) -> None:
-        """Advance the FIFO for one upstream response of type t."""
-        if head is None or isinstance(head, LocalItem):
+        """Advance the FIFO for one upstream response of type t (the rules of pipeline/rules.py)."""
+        if head is None or isinstance(head, LocalItem) or not finishes(head.kind, t):
             return
-        kind = head.kind
-        if kind == pq.EXT:
-            if t == ERR:
-                self._finish(self.queue.popleft())
-                self._drop_until_sync()
-            elif t in pq.EXT_DONE:
-                self._finish(self.queue.popleft())
-        elif t == Z:
+        if t == READY:
             self.tx_status = chr(payload[0])
-            self._finish(self.queue.popleft())
+        self._finish(self.queue.popleft())
+        if skips_to_sync(head.kind, t):
+            self._drop_until_sync()
 
     def _finish(self, item) -> None:
         if isinstance(item, Pending) and item.consumer is not None:
@@ -668,63 +494,13 @@ class Session:
         queue = self.queue
         while queue:
             head = queue[0]
-            if isinstance(head, Pending) and head.kind == pq.SYNC:
+            if isinstance(head, Pending) and head.kind == SYNC:
                 return
             queue.popleft()
             self._finish(head)
             if isinstance(head, LocalItem) and head.run is not None:
                 self.blocked = False
         self.failed_until_sync = True
-
-    def _auth_upstream(self, data: bytes) -> None:
-        """Relay authentication; keep the upstream's cancel key and hand the client our own."""
-        buf = self.ubuf + data if self.ubuf else data
-        self.ubuf = b""
-        pos, n = 0, len(buf)
-        while n - pos >= 5:
-            t = buf[pos]
-            end = pos + 1 + _I32.unpack_from(buf, pos + 1)[0]
-            if end > n:
-                break
-            payload = buf[pos + 5:end]
-            if t == ord("K"):
-                key = m.BackendKeyData.decode(payload) if hasattr(m.BackendKeyData, "decode") else None
-                self.upstream_key = (_I32.unpack_from(payload, 0)[0], bytes(payload[4:]))
-                self.out.append(m.BackendKeyData(self.key[0], self.key[1]).encode())
-            elif t == ord("R"):
-                self.out.append(self._filter_sasl(buf[pos:end], payload))
-            elif t == Z:
-                self.tx_status = chr(payload[0])
-                self.out.append(buf[pos:end])
-                self.phase = "ready"
-                self.startup_timer.cancel()
-                # PostgreSQL's per-type length limits from now on: an unknown type byte or an
-                # oversized Sync/Describe/... closes the connection at once instead of waiting.
-                self.framer.type_limits = FRONTEND_LIMITS
-                pos = end
-                break
-            else:
-                self.out.append(buf[pos:end])
-                if t == ERR:
-                    self._flush_client()
-                    self._close()
-                    return
-            pos = end
-        rest = buf[pos:]
-        if self.phase == "ready":
-            if rest:
-                self.on_upstream_data(rest)
-            self._pump()
-        else:
-            self.ubuf = rest
-
-    @staticmethod
-    def _filter_sasl(raw: bytes, payload: bytes) -> bytes:
-        """SCRAM-SHA-256-PLUS binds to the TLS channel and cannot survive a relay: offer only plain SCRAM."""
-        if _I32.unpack_from(payload, 0)[0] != 10:
-            return raw
-        mechanisms = [x for x in bytes(payload[4:]).split(b"\x00") if x and not x.endswith(b"-PLUS")]
-        return m.AuthenticationSASL([x.decode() for x in mechanisms]).encode()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -813,35 +589,7 @@ class Session:
                 pass
             self.upstream.close()
 
-    async def forward_simple_part(self, sql: str) -> bool:
-        """Forward one statement of a multi-statement Query; relay its answer except ReadyForQuery."""
-        consumer = _RelayExceptReady(self)
-        self.send_internal(m.Query(sql).encode(), [pq.SIMPLE], consumer)
-        await consumer.done
-        return not consumer.failed
-
     def notice(self, message: str, *, detail: str | None = None) -> None:
         """Send a NOTICE to the client now (used for training progress)."""
         self.out.append(notice_response(message, detail=detail))
         self._flush_client()
-
-
-class _Discard(Consumer):
-    def on_message(self, msg_type: int, payload: bytes) -> None:
-        pass
-
-
-class _RelayExceptReady(Consumer):
-    """Relays a forwarded statement's answer to the client, keeping its ReadyForQuery back."""
-
-    def __init__(self, session: Session) -> None:
-        super().__init__()
-        self.session = session
-        self.failed = False
-
-    def on_message(self, msg_type: int, payload: bytes) -> None:
-        if msg_type == Z:
-            return
-        if msg_type == ERR:
-            self.failed = True
-        self.session.emit(bytes((msg_type,)) + _I32.pack(len(payload) + 4) + bytes(payload))

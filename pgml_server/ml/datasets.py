@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from .sqlnames import quote_ident
+from ..db.names import quote_ident
 from .training import TrainingError
 
 SCHEMA = "pgml"

@@ -1,0 +1,51 @@
+"""The choice of compiler: a fitted estimator becomes the fastest plan that reproduces it."""
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+from . import linear, trees
+from .contract import EstimatorPlan, MultiOutputPlan, Plan
+
+log = logging.getLogger("pgml_server.inference")
+
+GPU_MODES = ("auto", "on", "off")
+
+
+def compile_plan(estimator: Any, task: str, *, gpu: str = "off", native: bool = True) -> Plan:
+    """Compile a fitted estimator into the fastest plan that reproduces its predictions.
+
+    gpu: 'off' never uses a GPU; 'on' uses one for every batch when one is usable; 'auto' only
+    for batches large enough to repay the transfer (gpu.min_batch(), set by --gpu-min-batch).
+    native: a tree plan hands large CPU batches to the library's own predictor, which is faster
+    there (trees.TreePlan.use_native); False keeps every batch on the compiled plan."""
+    if gpu not in GPU_MODES:
+        raise ValueError(f"gpu must be one of {GPU_MODES}, not {gpu!r}")
+    from sklearn.multioutput import MultiOutputRegressor
+    if isinstance(estimator, MultiOutputRegressor):
+        return _compile_multi_output(estimator, task, gpu, native)
+    plan = _compile_one(estimator, task, gpu, native)
+    return plan if plan is not None else EstimatorPlan(estimator, task)
+
+
+def _compile_one(estimator: Any, task: str, gpu: str, native: bool = True):
+    for compiler in (linear.compile_linear, partial(trees.compile_trees, native=native)):
+        try:
+            plan = compiler(estimator, task, gpu=gpu)
+        except Exception as exc:   # a compiler bug must not make the model unservable
+            log.warning("compiling %s failed, serving it with its own predict: %r", type(estimator).__name__, exc)
+            return None
+        if plan is not None:
+            return plan
+    return None
+
+
+def _compile_multi_output(estimator: Any, task: str, gpu: str, native: bool) -> Plan:
+    merged = linear.merge_regressors(estimator.estimators_, gpu=gpu)
+    if merged is not None:
+        return merged
+    plans = [_compile_one(e, task, gpu, native) for e in estimator.estimators_]
+    if any(p is None for p in plans):
+        return EstimatorPlan(estimator, task)
+    return MultiOutputPlan(plans, task)
