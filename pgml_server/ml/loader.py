@@ -51,14 +51,14 @@ class ModelService:
                 key = bytes.fromhex(config.artifact_key)
             else:
                 key = await registry.get_or_create_hmac_key(ex)
-        services = cls(config, upstream_dsn, pool, key)
-        await services._listen()
-        services._listen_task = asyncio.ensure_future(services._keep_listening())
-        asyncio.ensure_future(services.warm())
+        service = cls(config, upstream_dsn, pool, key)
+        await service._listen()
+        service._listen_task = asyncio.ensure_future(service._keep_listening())
+        asyncio.ensure_future(service.warm())
         # The training fork server takes ~1-2 s to start (it preloads scikit-learn and friends):
         # start it now, off the event loop, rather than inside the first pgml.train.
         asyncio.get_running_loop().run_in_executor(None, prestart)
-        return services
+        return service
 
     async def stop(self) -> None:
         self._stopping = True
