@@ -41,7 +41,7 @@ class ServerContext:
         self.upstream_dsn = upstream_dsn
         self.upstream_addr: UpstreamAddress = parse_dsn(upstream_dsn)
         self.router = Router(rewriter=rewrite)
-        self.cancel_keys = CancelKeys(worker, runtime_dir)
+        self.cancel_keys = CancelKeys(worker, runtime_dir, config.workers)
         self.sessions: set[Session] = set()
         self.tls_context = _server_tls(config)
         self.worker = worker
@@ -114,7 +114,7 @@ async def _serve_cancel_socket(ctx: ServerContext, path: Path):
             data = await reader.readexactly(16)
             msg = m.decode_startup_packet(data[4:])
             if isinstance(msg, m.CancelRequest):
-                ctx.cancel_keys.cancel(msg.pid, msg.secret)
+                ctx.cancel_keys.cancel(msg.pid, msg.secret, forwarded=True)
         except (asyncio.IncompleteReadError, PgError):
             pass
         writer.close()

@@ -54,12 +54,13 @@ class Session(StartupPhase):
         self.framer = Framer(startup=True, max_message_size=ctx.config.max_message_size)
         self.phase = "startup"          # startup → connecting → auth → ready → closed
         self.startup_params: dict[str, str] = {}
-        self.key = ctx.cancel_keys.allocate(self)
+        self.key: tuple[int, bytes] | None = None   # the client's BackendKeyData (upstream pid, our secret)
         self.upstream_key: tuple[int, bytes] | None = None
         self.queue: deque = deque()
         self.out: list = []             # bytes for the client, in order, written once per callback
         self.ubuf = b""                 # incomplete upstream message bytes
         self.relay_left = 0             # bytes of a client-bound message still to pass through
+        self.upstream_said_fatal = False  # a FATAL ErrorResponse of the upstream was relayed
         self.tx_status = "I"
         self.batch_dirty = False        # an Execute ran since the last Sync (implicit transaction open)
         self.failed_until_sync = False  # extended protocol error: discard client messages until Sync
@@ -416,6 +417,8 @@ class Session(StartupPhase):
                     out.append(buf[run:pos])
                 run = end
                 consumer.on_message(t, buf[pos + 5:end])
+            elif t == ERROR and _is_fatal(buf[pos + 5:end]):
+                self.upstream_said_fatal = True     # relayed: the client has PostgreSQL's own last word
             if head is not None and t not in ASYNC:
                 self._account(t, head, buf[pos + 5:end] if t == READY else None)
             pos = end
@@ -561,7 +564,7 @@ class Session(StartupPhase):
         for item in self.queue:
             if isinstance(item, Pending) and item.consumer is not None:
                 item.consumer.aborted()
-        if self.phase in ("auth", "ready"):
+        if self.phase in ("auth", "ready") and not self.upstream_said_fatal:
             self.out.append(error_response(
                 sqlstate.ADMIN_SHUTDOWN if self.phase == "ready" else sqlstate.CONNECTION_FAILURE,
                 "terminating connection because the upstream PostgreSQL closed it",
@@ -593,3 +596,11 @@ class Session(StartupPhase):
         """Send a NOTICE to the client now (used for training progress)."""
         self.out.append(notice_response(message, detail=detail))
         self._flush_client()
+
+
+def _is_fatal(payload: bytes) -> bool:
+    """Whether an ErrorResponse ends the backend (severity FATAL or PANIC, e.g. pg_terminate_backend)."""
+    try:
+        return m.ErrorResponse.decode(payload).fields.get("S") in ("FATAL", "PANIC")
+    except Exception:       # a malformed error is the client's to see, not ours to judge
+        return False

@@ -144,7 +144,8 @@ class StartupPhase:
             payload = buf[pos + 5:end]
             if t == ord("K"):
                 self.upstream_key = (_I32.unpack_from(payload, 0)[0], bytes(payload[4:]))
-                self.out.append(m.BackendKeyData(self.key[0], self.key[1]).encode())
+                self.key = self.ctx.cancel_keys.register(self.upstream_key[0], self)
+                self.out.append(m.BackendKeyData(*self.key).encode())
             elif t == ord("R"):
                 self.out.append(self._filter_sasl(buf[pos:end], payload))
             elif t == READY:
