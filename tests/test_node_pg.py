@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from protocol import messages as m
-from protocol.framing import Framer
+from tests.rawwire import exchange
 from tests.transcripts import diff, lines, run, values
 
 NODE_DIR = Path(__file__).parent / "clients" / "node"
@@ -154,38 +153,9 @@ def raw_model(server) -> None:
 
 
 def bound_answers(port: int, sql: str, params: list[bytes], param_oids: list[int]) -> list[str]:
-    """Parse/Bind/Execute/Sync in one packet; the answers' types, an error as E:<SQLSTATE>:<message>."""
-    framer = Framer()
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(m.StartupMessage({"user": "postgres", "database": "postgres"}).encode())
-        answers: list[str] = []
-        ready = 0
-        sent = False
-        while ready < 2:
-            frame = framer.next_frame()
-            if frame is None:
-                data = sock.recv(65536)
-                if not data:
-                    raise ConnectionError("closed")
-                framer.feed(data)
-                continue
-            kind = chr(frame.type)
-            if kind == "Z":
-                ready += 1
-                if not sent:
-                    sock.sendall(b"".join(x.encode() for x in (
-                        m.Parse("", sql, param_oids), m.Bind("", "", [], params, []), m.Execute("", 0), m.Sync())))
-                    sent = True
-                    continue
-            if not sent:
-                continue
-            if kind == "E":
-                fields = m.ErrorResponse.decode(bytes(frame.payload)).fields
-                answers.append(f"E:{fields.get('C')}:{fields.get('M')}")
-            elif kind in "12CDZ":
-                answers.append(kind)
-        sock.sendall(m.Terminate().encode())
-    return answers
+    """Parse/Bind/Execute/Sync in one packet: the answers' types, an error as <SQLSTATE>:<message>."""
+    answers = exchange(port, m.Parse("", sql, param_oids), m.Bind("", "", [], params, []), m.Execute("", 0), m.Sync())
+    return [kind if kind != "E" else value for kind, value in answers]
 
 
 @pytest.mark.parametrize("query", list(QUERIES))

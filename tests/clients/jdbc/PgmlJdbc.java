@@ -31,6 +31,7 @@ import java.util.List;
 import org.postgresql.PGConnection;
 import org.postgresql.PGStatement;
 import org.postgresql.copy.CopyManager;
+import org.postgresql.jdbc.PreferQueryMode;
 import org.postgresql.util.PSQLException;
 import org.postgresql.util.ServerErrorMessage;
 
@@ -114,6 +115,10 @@ public class PgmlJdbc {
         try (Statement st = conn.createStatement()) {
             st.executeUpdate(sql);
         }
+    }
+
+    static boolean simpleMode() throws SQLException {
+        return conn.unwrap(PGConnection.class).getPreferQueryMode() == PreferQueryMode.SIMPLE;
     }
 
     static boolean serverPrepared(PreparedStatement ps) throws SQLException {
@@ -461,6 +466,7 @@ public class PgmlJdbc {
                 while (rs.next()) if (!rs.getString(1).startsWith("pg_temp") && !rs.getString(1).startsWith("pg_toast_temp")) schemas.add(rs.getString(1));
             }
             out("metadata.schemas", schemas);
+            if (simpleMode()) return;   // preferQueryMode=simple cannot describe a statement before it runs
             try (PreparedStatement ps = conn.prepareStatement("SELECT id, label, price, created FROM jdbc_items WHERE id = ?")) {
                 ResultSetMetaData r = ps.getMetaData();   // a Describe before any execution
                 List<String> cols = new ArrayList<>();
@@ -473,11 +479,17 @@ public class PgmlJdbc {
             }
         });
 
-        if (pgml) pgmlChecks();
-
         for (String t : new String[]{"jdbc_items", "jdbc_copy", "jdbc_serial"}) update("DROP TABLE IF EXISTS " + t);
         out("end", query("SELECT 'done'"));
         conn.close();
+
+        if (pgml) {   // each part on its own connection: pgJDBC may give up on one
+            for (Runnable part : new Runnable[]{PgmlJdbc::pgmlChecks, PgmlJdbc::pgmlDeclaredTypes}) {
+                conn = DriverManager.getConnection(args[0]);
+                part.run();
+                if (!conn.isClosed()) conn.close();
+            }
+        }
     }
 
     static final String FEATURES = "ARRAY[sepal_length, sepal_width, petal_length, petal_width]";
@@ -626,6 +638,39 @@ public class PgmlJdbc {
             conn.rollback(sp);
             out("pgml.errors.after_savepoint", query("SELECT pgml.predict('jdbc_iris', ARRAY[5.1, 3.5, 1.4, 0.2])"));
             conn.commit();
+        });
+    }
+
+    /** Lines "pgml.declared.*": predict over a table with parameters whose types pgJDBC declares in Parse
+     * (setString: varchar, setLong: int8). PostgreSQL keeps declared types: ParameterDescription echoes
+     * them, and a binary int8 is read as an int8. */
+    static void pgmlDeclaredTypes() {
+        check("pgml.declared", () -> {
+            String sql = "SELECT target, pgml.predict(?, " + FEATURES + ") AS p FROM pgml.iris WHERE target = ?";
+            try (PreparedStatement ps = conn.prepareStatement(sql)) {
+                for (int i = 0; i < 6; i++) {   // the 5th: a named statement, Parse + Describe: ParameterDescription
+                    ps.setString(1, "jdbc_iris");
+                    ps.setInt(2, i % 3);
+                    int n = 0;
+                    try (ResultSet rs = ps.executeQuery()) {
+                        while (rs.next()) n++;
+                        out("pgml.declared.reuse." + i, n);
+                    } catch (SQLException | RuntimeException e) {
+                        out("pgml.declared.reuse." + i, e.getClass().getSimpleName() + " " + firstLine(String.valueOf(e.getMessage())));
+                    }
+                }
+            }
+            try (PreparedStatement ps = conn.prepareStatement(sql)) {
+                ps.setString(1, "jdbc_iris");
+                ps.setLong(2, 1L);   // an int8 parameter, sent in binary
+                int n = 0;
+                try (ResultSet rs = ps.executeQuery()) {
+                    while (rs.next()) n++;
+                    out("pgml.declared.int8", n);
+                } catch (SQLException | RuntimeException e) {
+                    out("pgml.declared.int8", e.getClass().getSimpleName() + " " + firstLine(String.valueOf(e.getMessage())));
+                }
+            }
         });
     }
 }
