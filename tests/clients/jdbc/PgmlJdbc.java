@@ -125,6 +125,23 @@ public class PgmlJdbc {
         return ps.unwrap(PGStatement.class).isUseServerPrepare();
     }
 
+    static void callables() throws SQLException {
+        try (java.sql.CallableStatement cs = conn.prepareCall("{? = call upper(?)}")) {
+            cs.registerOutParameter(1, Types.VARCHAR);
+            cs.setString(2, "callable ü");
+            cs.execute();
+            out("more.callable", cs.getString(1));
+        }
+        update("CREATE OR REPLACE FUNCTION pg_temp.jdbc_add(a int, INOUT b int) AS $$ SELECT a + b $$ LANGUAGE sql");
+        try (java.sql.CallableStatement cs = conn.prepareCall("{call pg_temp.jdbc_add(?, ?)}")) {
+            cs.setInt(1, 40);
+            cs.setInt(2, 2);
+            cs.registerOutParameter(2, Types.INTEGER);
+            cs.execute();
+            out("more.callable_inout", cs.getInt(2));
+        }
+    }
+
     public static void main(String[] args) throws Exception {
         conn = DriverManager.getConnection(args[0]);
         boolean pgml = args.length > 1 && args[1].equals("pgml");
@@ -433,6 +450,65 @@ public class PgmlJdbc {
                 st.setQueryTimeout(0);
             }
             out("errors.usable", query("SELECT 'still usable'"));
+        });
+
+        check("more", () -> {
+            try (PreparedStatement ps = conn.prepareStatement("SELECT ?::bytea AS b, ?::uuid AS u, ?::jsonb -> 'k' AS j, ?::date AS d")) {
+                for (int i = 0; i < 6; i++) {   // bytea and uuid go as binary parameters
+                    if (simpleMode()) ps.setString(1, "\\x0001fe0" + i);   // simple mode cannot inline setBytes
+                    else ps.setBytes(1, new byte[]{0, 1, (byte) 254, (byte) i});
+                    ps.setObject(2, java.util.UUID.fromString("123e4567-e89b-12d3-a456-42661417400" + i));
+                    ps.setString(3, "{\"k\": [1, \"é\", " + i + "]}");
+                    ps.setDate(4, java.sql.Date.valueOf("2024-02-2" + i));
+                    try (ResultSet rs = ps.executeQuery()) {
+                        rs.next();
+                        out("more.types." + i, Arrays.toString(rs.getBytes(1)) + " " + rs.getObject(2) + " " + rs.getString(3)
+                                + " " + rs.getDate(4));
+                    }
+                }
+            }
+            if (!simpleMode()) callables();   // simple mode inlines OUT parameters into the SQL: PostgreSQL refuses it
+            // An updatable ResultSet: pgJDBC looks up the primary key in the catalog, then runs UPDATE/INSERT/DELETE.
+            try (Statement st = conn.createStatement(ResultSet.TYPE_SCROLL_INSENSITIVE, ResultSet.CONCUR_UPDATABLE);
+                 ResultSet rs = st.executeQuery("SELECT id, label FROM jdbc_items WHERE id <= 3 ORDER BY id")) {
+                rs.next();
+                rs.updateString("label", "updated via ResultSet");
+                rs.updateRow();
+                rs.last();
+                rs.deleteRow();
+                rs.moveToInsertRow();
+                rs.updateInt("id", 8001);
+                rs.updateString("label", "inserted via ResultSet");
+                rs.insertRow();
+            }
+            out("more.updatable", query("SELECT id, label FROM jdbc_items WHERE id <= 3 OR id = 8001 ORDER BY id"));
+            // Large objects: pgJDBC's LargeObjectManager calls lo_* through the fastpath FunctionCall message.
+            conn.setAutoCommit(false);
+            org.postgresql.largeobject.LargeObjectManager lom = conn.unwrap(PGConnection.class).getLargeObjectAPI();
+            long oid = lom.createLO();
+            try (org.postgresql.largeobject.LargeObject lo = lom.open(oid, org.postgresql.largeobject.LargeObjectManager.READWRITE)) {
+                byte[] data = new byte[100000];
+                for (int i = 0; i < data.length; i++) data[i] = (byte) (i * 7);
+                lo.write(data);
+                lo.seek(99990);
+                out("more.large_object", lo.size() + " " + Arrays.toString(lo.read(10)));
+            }
+            lom.delete(oid);
+            conn.commit();
+            conn.setAutoCommit(true);
+            conn.setClientInfo("ApplicationName", "pgml-jdbc-test");
+            out("more.client_info", conn.getClientInfo("ApplicationName") + " " + query("SHOW application_name"));
+            out("more.valid", conn.isValid(5));
+            // LISTEN/NOTIFY on the same connection.
+            PGConnection pgc = conn.unwrap(PGConnection.class);
+            update("LISTEN jdbc_chan");
+            update("NOTIFY jdbc_chan, 'from jdbc ü'");
+            org.postgresql.PGNotification[] ns = pgc.getNotifications(5000);
+            int pid = Integer.parseInt(query("SELECT pg_backend_pid()").replaceAll("[\\[\\]]", ""));
+            out("more.notify", ns == null ? "none" : ns.length + " " + ns[0].getName() + " " + ns[0].getParameter());
+            out("more.notify.pid_matches", ns != null && ns.length > 0 && ns[0].getPID() == pid);
+            out("more.backend_key.pid_matches", pgc.getBackendPID() == pid);
+            update("UNLISTEN *");
         });
 
         check("metadata", () -> {
