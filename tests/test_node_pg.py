@@ -105,6 +105,7 @@ def test_pgml_calls(transcripts):
     assert len(predictions) == 3 * 3 + 6
     for name, value in predictions.items():
         assert re.fullmatch(r"expected=(\d) got=\1", value), (name, value)
+    assert got["pgml.predict.binary"] == "expected=2 got=2 format=binary"
     assert got["pgml.predict_proba"] == "3 argmax0=true sum=1"
     assert got["pgml.predict.unknown_project"].startswith("42704 |")
     assert got["pgml.predict.usable"] == '[{"one":1}]'
@@ -117,11 +118,11 @@ def test_pgml_calls(transcripts):
     assert got["pgml.table.usable"] == '[{"one":1}]'
 
 
-PARSE_REASON = ("server bug: a predict-over-table statement Parsed with no declared parameter types (node-postgres) "
-                "gets the server's own 08P01 'bind message supplies N parameters, but prepared statement requires "
-                "M' at Bind: local.py counts its parameters from the declared types or route.rewrite.param_types "
-                "(GeneralPredict: always [], StreamPredict: only up to the last $n that is a model argument), "
-                "not from the $n in the query")
+PARSE_REASON = ("server bug: a rewritten predict statement (predict over a table, or next to another column) "
+                "Parsed with no declared parameter types, as node-postgres sends it, gets the server's own 08P01 "
+                "'bind message supplies N parameters, but prepared statement requires M' at Bind: local.py takes "
+                "the parameter count from the declared types or route.rewrite.param_types (GeneralPredict: always "
+                "[]; StreamPredict: up to the last $n that is a model argument), not from the $n in the query")
 
 
 @pytest.mark.xfail(reason=PARSE_REASON, strict=True)
@@ -132,6 +133,7 @@ def test_pgml_over_a_table_with_bind_parameters(transcripts):
     assert all(re.fullmatch(r"50 correct=\d+", v) for v in per_target), per_target
     assert got["pgml.table.param.where"] == f'[{{"n":{correct}}}]'
     assert got["pgml.table.param.aggregate"] == f'[{{"n":150,"correct":{correct}}}]'
+    assert got["pgml.table.param.extra_column"] == "got=2 one=1"
 
 
 # The same without node: the raw messages node-postgres sends (Parse with no parameter types).
@@ -142,6 +144,7 @@ QUERIES = {
     "aggregate": (f"SELECT count(*) FROM (SELECT pgml.predict($1, {FEATURES}) AS p FROM pgml.iris) s WHERE p >= 0",
                   [b"raw_iris"]),
     "stream": (f"SELECT pgml.predict($1, {FEATURES}) FROM pgml.iris WHERE target = $2", [b"raw_iris", b"1"]),
+    "extra_column": ("SELECT pgml.predict($1, $2::float8[]) AS p, 1 AS one", [b"raw_iris", b"{6.7,3.0,5.2,2.3}"]),
 }
 
 

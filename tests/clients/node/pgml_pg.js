@@ -93,6 +93,14 @@ async function core(c) {
     const multi = await c.query("SELECT 1 AS a; UPDATE node_items SET label = label WHERE id <= 5; SELECT 'b' AS b");
     out('params.multi', multi.map((r) => `${r.command} ${r.rowCount} ${JSON.stringify(r.rows)}`));
     out('params.empty', (await c.query('')).command);
+    // Results in binary format (pg-types parses these from binary; its binary timestamptz is wrong, so none here).
+    const bin = await c.query({ text: 'SELECT $1::int4 AS i, $2::text AS t, $3::float8 AS f, $4::bool AS b, $5::int8 AS big',
+      values: [7, 'bïn', 2.5, false, '42'], binary: true });
+    out('params.binary', plain(bin.rows));
+    out('params.binary_fields', bin.fields.map((f) => `${f.name}:${f.dataTypeID}:${f.format}`));
+    out('params.extended_no_values', plain((await c.query({ text: "SELECT 'x' AS x", queryMode: 'extended' })).rows));
+    await attempt('params.multi_error', c.query('SELECT 1 AS a; SELECT 1/0; SELECT 3 AS c'));
+    out('params.after_multi_error', (await c.query('SELECT 4 AS d')).rows);
   });
 
   await check('named', async () => {
@@ -250,6 +258,8 @@ async function pgml(c) {
       await attempt(`pgml.predict.named.${i}`, c.query({ name: 'node-predict', text: 'SELECT pgml.predict($1, $2::float8[]) AS p', values: ['node_iris', samples[i % 3]] })
         .then((r) => `expected=${species[i % 3]} got=${r.rows[0].p}`));
     }
+    await attempt('pgml.predict.binary', c.query({ text: 'SELECT pgml.predict($1, $2::float8[]) AS p', values: ['node_iris', samples[1]], binary: true })
+      .then((r) => `expected=${species[1]} got=${r.rows[0].p} format=${r.fields[0].format}`));
     await attempt('pgml.predict_proba', c.query('SELECT pgml.predict_proba($1, $2::float8[]) AS p', ['node_iris', samples[0]])
       .then((r) => `${r.rows[0].p.length} argmax0=${r.rows[0].p[0] > 0.5} sum=${Math.round(r.rows[0].p.reduce((s, x) => s + x, 0) * 1000) / 1000}`));
     await attempt('pgml.predict.unknown_project', c.query('SELECT pgml.predict($1, $2::float8[]) AS p', ['node_no_such_project', samples[0]]).then((r) => r.rows[0].p));
@@ -280,6 +290,9 @@ async function pgml(c) {
     }
     await attempt('pgml.table.param.where', c.query(`SELECT count(*)::int AS n FROM pgml.iris WHERE pgml.predict($1, ${FEATURES}) = target`, ['node_iris']));
     await attempt('pgml.table.param.aggregate', c.query(`SELECT count(*)::int AS n, sum((p = target)::int)::int AS correct FROM (SELECT target, pgml.predict($1, ${FEATURES}) AS p FROM pgml.iris) s`, ['node_iris']));
+    // Not over a table, but the same path: a prediction next to another column.
+    await attempt('pgml.table.param.extra_column', c.query('SELECT pgml.predict($1, $2::float8[]) AS p, 1::int4 AS one', ['node_iris', [6.7, 3.0, 5.2, 2.3]])
+      .then((r) => `got=${r.rows[0].p} one=${r.rows[0].one}`));
     await attempt('pgml.table.usable', c.query('SELECT 1 AS one'));
   });
 }
