@@ -37,7 +37,7 @@ clients:
 	fi
 	-@if [ ! -d $(NODE_CLIENT)/node_modules/pg-cursor ] && command -v npm >/dev/null; then \
 	    echo "make clients: npm ci in $(NODE_CLIENT)"; \
-	    (cd $(NODE_CLIENT) && npm ci --no-audit --no-fund --loglevel=error --fetch-retries=1 >/dev/null 2>&1) || \
+	    (cd $(NODE_CLIENT) && npm ci --no-audit --no-fund --loglevel=error --fetch-retries=1 --fetch-timeout=30000 >/dev/null 2>&1) || \
 	    { rm -rf $(NODE_CLIENT)/node_modules; echo "make clients: npm ci failed (tests/test_node_pg.py will skip)"; }; \
 	fi
 

@@ -55,13 +55,15 @@ MODES = {"default": "", "named": "&prepareThreshold=-1", "simple": "&preferQuery
 PGML_MODES = ("default", "named")    # simple: pgJDBC inlines setArray as an untyped '{"5.1",...}' literal
 
 PID_REASON = "BackendKeyData pid is not the upstream's yet (issue 11)"
-DECLARED_REASON = ("server bug: a stream-path predict (pgml.predict in the target list) with bind parameters "
-                   "ignores the types the client declared in Parse: predict_rewrite.StreamPredict parses "
-                   "upstream with its own param_types (text for a model $n, 0 for the others), so "
-                   "ParameterDescription says [25, 23] for declared [1043 varchar, 20 int8] (pgJDBC with "
-                   "prepareThreshold=-1: IllegalArgumentException \"Can't change resolved type for param: 1 "
-                   "from 1043 to 25\", and the connection is unusable after it) and a binary int8 bound to "
-                   "`target = $2` fails with 22P03 'incorrect binary data format in bind parameter 2' (setLong)")
+DECLARED_REASON = ("server bug: a stream-path predict (pgml.predict in the target list, next to other columns or "
+                   "over a table) ignores the parameter types the client declared in Parse: "
+                   "predict_rewrite.StreamPredict parses upstream with its own param_types (text for a model $n, "
+                   "0 for the others), so ParameterDescription says [25, 23] for declared [1043 varchar, 20 int8] "
+                   "(pgJDBC with prepareThreshold=-1: IllegalArgumentException \"Can't change resolved type for "
+                   "param: 1 from 1043 to 25\", and the connection is unusable after it), a binary int8 bound to "
+                   "`target = $2` fails with 22P03 (setLong), and a binary real[] (createArrayOf(\"float4\")) "
+                   "features parameter fails with 'binary data has array element type 700 (real) instead of "
+                   "expected 701 (double precision)'")
 
 
 def run_program(classes: Path, dsn: str, mode: str, *args: str) -> str:
@@ -184,6 +186,7 @@ def test_pgml_over_a_table_with_declared_parameter_types(transcripts, mode):
     got = values(transcripts(mode)[1])
     assert [got[f"pgml.declared.reuse.{i}"] for i in range(6)] == ["50"] * 6
     assert got["pgml.declared.int8"] == "50"
+    assert [got[f"pgml.declared.real_array.{i}"] for i in range(2)] == ["2.0", "2.0"]
 
 
 # The same without Java: the messages pgJDBC sends (Parse with declared types, binary int8).
@@ -211,6 +214,14 @@ def test_stream_predict_with_undeclared_parameter_types(server, raw_model):
     desc, ran = describe_and_run(server.port, STREAM, [0, 0], [b"raw_jdbc_iris", b"1"], [])
     assert desc == [[25, 23]]
     assert ran == ["1", "2"] + ["D"] * 50 + ["C", "Z"], ran
+
+
+@pytest.mark.xfail(reason=DECLARED_REASON, strict=True)
+def test_stream_predict_takes_a_binary_real_array(server, raw_model):
+    real_array = struct.pack("!iiiii", 1, 0, 700, 4, 1) + b"".join(struct.pack("!if", 4, v) for v in (6.7, 3.0, 5.2, 2.3))
+    answers = exchange(server.port, m.Parse("", "SELECT pgml.predict($1, $2) AS p, 1 AS one", [1043, 1021]),
+                       m.Bind("", "", [0, 1], [b"raw_jdbc_iris", real_array], []), m.Execute("", 0), m.Sync())
+    assert answers == [("1", None), ("2", None), ("D", [b"2", b"1"]), ("C", None), ("Z", None)]
 
 
 @pytest.mark.xfail(reason=DECLARED_REASON, strict=True)

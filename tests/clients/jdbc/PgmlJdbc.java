@@ -718,8 +718,8 @@ public class PgmlJdbc {
     }
 
     /** Lines "pgml.declared.*": predict over a table with parameters whose types pgJDBC declares in Parse
-     * (setString: varchar, setLong: int8). PostgreSQL keeps declared types: ParameterDescription echoes
-     * them, and a binary int8 is read as an int8. */
+     * (setString: varchar, setLong: int8, a float4 array: real[]). PostgreSQL keeps declared types:
+     * ParameterDescription echoes them, and a binary int8 or float4[] is read as what it was declared. */
     static void pgmlDeclaredTypes() {
         check("pgml.declared", () -> {
             String sql = "SELECT target, pgml.predict(?, " + FEATURES + ") AS p FROM pgml.iris WHERE target = ?";
@@ -733,6 +733,20 @@ public class PgmlJdbc {
                         out("pgml.declared.reuse." + i, n);
                     } catch (SQLException | RuntimeException e) {
                         out("pgml.declared.reuse." + i, e.getClass().getSimpleName() + " " + firstLine(String.valueOf(e.getMessage())));
+                    }
+                }
+            }
+            String[] extra = {"SELECT pgml.predict(?, ?) AS p, 1 AS one",
+                    "SELECT pgml.predict(?, ?) AS p FROM pgml.iris WHERE target = 2 LIMIT 1"};
+            for (int i = 0; i < extra.length; i++) {
+                try (PreparedStatement ps = conn.prepareStatement(extra[i])) {
+                    ps.setString(1, "jdbc_iris");   // a real[] parameter, which pgJDBC sends as a binary float4[]
+                    ps.setArray(2, conn.createArrayOf("float4", new Float[]{6.7f, 3.0f, 5.2f, 2.3f}));
+                    try (ResultSet rs = ps.executeQuery()) {
+                        rs.next();
+                        out("pgml.declared.real_array." + i, rs.getFloat(1));
+                    } catch (SQLException | RuntimeException e) {
+                        out("pgml.declared.real_array." + i, e.getClass().getSimpleName() + " " + firstLine(String.valueOf(e.getMessage())));
                     }
                 }
             }
