@@ -70,6 +70,7 @@ def run_program(classes: Path, dsn: str, mode: str, *args: str) -> str:
     java = shutil.which("java")
     # UTC and English: timestamps and pgJDBC's own messages do not depend on the machine.
     return run([java, "-Duser.timezone=UTC", "-Duser.language=en", "-Duser.country=US", "-Dfile.encoding=UTF-8",
+                "-Dstdout.encoding=UTF-8",
                 "-cp", f"{classes}{os.pathsep}{JAR}", "PgmlJdbc", jdbc_url(dsn) + MODES[mode], *args], timeout=180)
 
 

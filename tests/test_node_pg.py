@@ -42,12 +42,17 @@ def run_script(node: str, target: str, upstream: str, *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def transcripts(node, upstream, server) -> tuple[str, str]:
-    """(direct, through the server with the pgml checks); printed, so a failure shows both."""
-    direct = run_script(node, upstream.dsn, upstream.dsn)
-    relayed = run_script(node, server.dsn(), upstream.dsn, "pgml")
+def runs(node, upstream, server) -> tuple[str, str]:
+    """(direct, through the server with the pgml checks), run once for the module."""
+    return run_script(node, upstream.dsn, upstream.dsn), run_script(node, server.dsn(), upstream.dsn, "pgml")
+
+
+@pytest.fixture
+def transcripts(runs) -> tuple[str, str]:
+    """The module's runs, printed in every test, so any failure shows both transcripts."""
+    direct, relayed = runs
     print("--- direct\n" + direct + "--- through pgml-server\n" + relayed)
-    return direct, relayed
+    return runs
 
 
 def test_the_script_exercises_what_it_claims(transcripts):

@@ -12,7 +12,8 @@ import subprocess
 
 def run(cmd: list[str], *, timeout: float, cwd=None, env=None) -> str:
     """The program's stdout; a failed run fails the test with its whole output."""
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, encoding="utf-8", errors="replace",
+                          timeout=timeout, cwd=cwd, env=env)
     assert proc.returncode == 0, (f"{cmd[0]} exited with {proc.returncode}\n--- stdout\n{proc.stdout}"
                                   f"\n--- stderr\n{proc.stderr}")
     return proc.stdout
