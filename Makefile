@@ -6,8 +6,10 @@ STAMP := $(VENV)/.installed
 PORT ?= 5433
 HOST ?= 127.0.0.1
 PYTEST_ARGS ?=
+JDBC_JAR ?= /usr/share/java/postgresql.jar
+NODE_CLIENT := tests/clients/node
 
-.PHONY: install run test bench soak fuzz clean
+.PHONY: install clients run test bench soak fuzz clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,7 +24,24 @@ install: $(STAMP)
 run: install
 	$(BIN)/pgml-server --host $(HOST) --port $(PORT)
 
-test: install
+# The real clients that tests/test_jdbc.py and tests/test_node_pg.py run: pgJDBC (Debian's jar,
+# when we are root with apt-get; `apt-get update` only if the install fails without it) and pg with
+# pg-cursor (npm ci). Best effort and quiet: when an install fails those tests skip with the reason.
+clients:
+	-@if [ ! -e $(JDBC_JAR) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make clients: apt-get install libpostgresql-jdbc-java"; \
+	    export DEBIAN_FRONTEND=noninteractive; apt="apt-get -qq -o Acquire::Retries=1 -o Acquire::http::Timeout=30"; \
+	    $$apt install -y libpostgresql-jdbc-java >/dev/null 2>&1 || \
+	    { $$apt update >/dev/null 2>&1 && $$apt install -y libpostgresql-jdbc-java >/dev/null 2>&1; } || \
+	    echo "make clients: libpostgresql-jdbc-java not installed (tests/test_jdbc.py will skip)"; \
+	fi
+	-@if [ ! -d $(NODE_CLIENT)/node_modules/pg-cursor ] && command -v npm >/dev/null; then \
+	    echo "make clients: npm ci in $(NODE_CLIENT)"; \
+	    (cd $(NODE_CLIENT) && npm ci --no-audit --no-fund --loglevel=error --fetch-retries=1 --fetch-timeout=30000 >/dev/null 2>&1) || \
+	    { rm -rf $(NODE_CLIENT)/node_modules; echo "make clients: npm ci failed (tests/test_node_pg.py will skip)"; }; \
+	fi
+
+test: install clients
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install
