@@ -138,3 +138,13 @@ def test_cancellation_terminates_the_worker_promptly():
 
     elapsed = asyncio.run(main())
     assert _pid_gone(pids[0]) and elapsed < 1.5
+
+
+def test_the_fork_server_preloads_modules_that_exist():
+    """multiprocessing's fork server skips a preload module that does not import, silently: a stale
+    name (the worker moved to ml/training/) would cost every first training the imports again."""
+    import importlib
+
+    from pgml_server.ml.training import worker
+    for name in worker._PRELOAD:
+        importlib.import_module(name)

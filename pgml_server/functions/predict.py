@@ -139,6 +139,12 @@ def _first(out) -> float:
     return float(out.item(0) if type(out) is np.ndarray else np.ravel(out)[0])
 
 
+@register("score", _PREDICT_PARAMS, [("score", REAL)],
+          description="pgml.predict by its other name (PRODUCT.md's pgml.score)")
+def score(ctx, project_name, features):
+    return predict(ctx, project_name, features)
+
+
 @register("predict_proba", _PREDICT_PARAMS, [("predict_proba", REAL_ARRAY)],
           description="class probabilities of one row")
 def predict_proba(ctx, project_name, features):

@@ -70,6 +70,7 @@ async def _train(ctx, args: dict, *, joint: bool):
         raise PgError(sqlstate.ACTIVE_SQL_TRANSACTION,
                       f"pgml.{'train_joint' if joint else 'train'} cannot run inside a transaction block",
                       hint="Run it on its own, outside BEGIN … COMMIT, as VACUUM is run.")
+    await _short_form(ctx.executor, args)
     task = _task(args["task"])
     if args["runtime"] not in (None, "python"):
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE, f"unknown runtime {args['runtime']!r}",
@@ -77,6 +78,19 @@ async def _train(ctx, args: dict, *, joint: bool):
     if args["algorithm"] is None:
         args["algorithm"] = "linear"
     return await _run_training(ctx, args, task, joint)
+
+
+async def _short_form(ex, args: dict) -> None:
+    """PRODUCT.md's pgml.train('my_data', 'total_purchases'): the relation as project name and a
+    label column in the task's place. Taken so only when the second argument is no task name,
+    nothing else names the relation or the label, and it is a column of that relation."""
+    task = args["task"]
+    if (task is None or task.lower() in TASKS or args["relation_name"] is not None
+            or args["y_column_name"] is not None):
+        return
+    if await ex.fetchval("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1::text) "
+                         "AND attname = $2::text AND attnum > 0 AND NOT attisdropped)", args["project_name"], task):
+        args["relation_name"], args["y_column_name"], args["task"] = args["project_name"], task, None
 
 
 def _task(task: str | None) -> str | None:
@@ -93,17 +107,24 @@ async def _run_training(ctx, args: dict, task: str | None, joint: bool):
     ex = ctx.executor
     name = args["project_name"]
     project = await registry.get_project(ex, name)
-    if project is None and task is None:
+    if project is None and task is None and args["relation_name"] is None:
         raise PgError(sqlstate.UNDEFINED_OBJECT, f'project "{name}" does not exist',
-                      hint="The first pgml.train of a project names its task, relation and label column.")
-    task = task or project.task
-    _validate(args, task)
+                      hint="The first pgml.train of a project names its relation and label column "
+                           "(and its task, or the label column's type decides it).")
+    if project is not None and task is None:
+        task = project.task
+    if task is not None:
+        _validate(args, task)
+    snapshot = await _snapshot_for(ex, project, name, args, joint)
+    if task is None:
+        task = await _infer_task(ex, snapshot)
+        ctx.notice(f'pgml.train: task {task} inferred from the label column "{snapshot.y_column_name[0]}"')
+        _validate(args, task)
     if project is None:
         project = await registry.get_or_create_project(ex, name, task)
     elif project.task != task:
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE,
                       f'project "{name}" is a {project.task} project, not {task}')
-    snapshot = await _snapshot_for(ex, project, args, joint)
     features, labels = await _columns(ex, snapshot)
     X, y, classes = await _load(ex, snapshot, features, labels, task)
     ctx.notice(f"pgml.train: {X.shape[0]} rows × {X.shape[1]} features from snapshot {snapshot.id}")
@@ -168,12 +189,12 @@ async def _mark_failed(ctx, model_id: int, exc: BaseException) -> None:
         log.warning("could not mark model %d failed: %s", model_id, err)
 
 
-async def _snapshot_for(ex, project, args: dict, joint: bool):
+async def _snapshot_for(ex, project, name: str, args: dict, joint: bool):
     relation = args["relation_name"]
     if relation is None:
         snapshot = await registry.last_snapshot(ex, project.id)
         if snapshot is None:
-            raise PgError(sqlstate.UNDEFINED_OBJECT, f'project "{project.name}" has no snapshot yet',
+            raise PgError(sqlstate.UNDEFINED_OBJECT, f'project "{name}" has no snapshot yet',
                           hint="Name the relation and the label column the first time.")
         return snapshot
     y = args["y_column_name"]
@@ -182,6 +203,29 @@ async def _snapshot_for(ex, project, args: dict, joint: bool):
     ys = list(y) if joint else [y]
     return await registry.create_snapshot(ex, relation, ys, args["test_size"], args["test_sampling"],
                                           materialized=True)
+
+
+# Integer labels with at most this many distinct values make a classification (issue 10).
+_MAX_INTEGER_CLASSES = 20
+_INTEGER_TYPES = {types.INT2, types.INT4, types.INT8}
+
+
+async def _infer_task(ex, snapshot) -> str:
+    """The task of a new project from its label column: text, enum and boolean labels classify,
+    float and numeric ones regress, integers classify when they take at most 20 values."""
+    label = snapshot.y_column_name[0]
+    columns = {c[0]: c for c in await registry.snapshot_columns(ex, snapshot.id)}
+    if label not in columns:
+        raise PgError(sqlstate.UNDEFINED_COLUMN, f'column "{label}" does not exist in {snapshot.relation_name}',
+                      hint="Available columns: " + ", ".join(columns))
+    oid = columns[label][1]
+    if oid in (types.FLOAT4, types.FLOAT8, types.NUMERIC):
+        return "regression"
+    if oid in _INTEGER_TYPES:
+        distinct = await ex.fetchval(f"SELECT count(*) FROM (SELECT DISTINCT {quote_ident(label)} "
+                                     f"FROM pgml.snapshot_{int(snapshot.id)} LIMIT {_MAX_INTEGER_CLASSES + 1}) d")
+        return "classification" if distinct <= _MAX_INTEGER_CLASSES else "regression"
+    return "classification"
 
 
 async def _columns(ex, snapshot) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:

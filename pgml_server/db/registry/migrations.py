@@ -105,8 +105,35 @@ GRANT USAGE ON SCHEMA pgml TO PUBLIC;
 GRANT SELECT ON pgml.overview, pgml.trained_models, pgml.deployed_models TO PUBLIC;
 """
 
+
+# pgml.feature(x): any supported column value as one float8, computed by PostgreSQL itself, so a
+# snapshot is read and a row constructor predicted as float8 only (one binary layout, decoded as
+# one numpy block): numbers as they are, booleans 0/1, text and enum labels as a 53-bit hash
+# (exact in a float8; the fitted preprocessor maps hashes to categories), dates, timestamps,
+# times and intervals as seconds (epoch, since midnight, or in all). Inlinable SQL functions.
+_FEATURE_TYPES = [      # (argument type, body, volatility: STABLE where a cast or date_part is only stable)
+    ("smallint", "$1::float8", "IMMUTABLE"), ("integer", "$1::float8", "IMMUTABLE"),
+    ("bigint", "$1::float8", "IMMUTABLE"), ("real", "$1::float8", "IMMUTABLE"),
+    ("double precision", "$1", "IMMUTABLE"), ("numeric", "$1::float8", "IMMUTABLE"),
+    ("boolean", "$1::int::float8", "IMMUTABLE"),
+    ("text", "(hashtextextended($1, 0) >> 11)::float8", "IMMUTABLE"),
+    ("anyenum", "(hashtextextended($1::text, 0) >> 11)::float8", "STABLE"),
+    ("date", "date_part(''epoch'', $1)", "IMMUTABLE"),
+    ("timestamp", "date_part(''epoch'', $1)", "IMMUTABLE"),
+    ("timestamptz", "date_part(''epoch'', $1)", "STABLE"),
+    ("time", "date_part(''epoch'', $1)", "IMMUTABLE"),
+    ("timetz", "date_part(''epoch'', $1)", "IMMUTABLE"),
+    ("interval", "date_part(''epoch'', $1)", "IMMUTABLE"),
+]
+_V2 = "\n".join(
+    f"CREATE OR REPLACE FUNCTION pgml.feature({sql_type}) RETURNS float8 LANGUAGE sql {volatility} PARALLEL SAFE "
+    f"AS 'SELECT {body}';" for sql_type, body, volatility in _FEATURE_TYPES) + "\n" + \
+    "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA pgml TO PUBLIC;"
+
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
+    (2, _V2),
 ]
 
 _BOOTSTRAP = (

@@ -38,7 +38,7 @@ Progress = Callable[[str], "Awaitable[None] | None"]
 MAX_WARNINGS = 5                 # distinct estimator warnings passed on per job
 TERMINATE_GRACE_S = 1.0          # after SIGTERM, how long before SIGKILL
 _PRELOAD = ["numpy", "sklearn.base", "sklearn.linear_model", "sklearn.ensemble", "sklearn.metrics",
-            "sklearn.model_selection", "pgml_server.training.worker"]
+            "sklearn.model_selection", "pgml_server.ml.training.worker"]
 
 
 @dataclass

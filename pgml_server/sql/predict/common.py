@@ -16,6 +16,14 @@ from ..arrays import REAL_ARRAY
 
 # Function → the type of its result column.
 OUTPUT = {"predict": types.FLOAT4, "predict_proba": REAL_ARRAY, "predict_joint": REAL_ARRAY}
+# Other names of those functions: pgml.score is pgml.predict (the seed's PRODUCT.md spells it so).
+ALIASES = {"score": "predict"}
+
+
+def predict_function(call: ast.FuncCall) -> str:
+    """The predict function a call runs, aliases resolved (its column keeps the name written)."""
+    name = call.funcname[-1].sval.lower()
+    return ALIASES.get(name, name)
 
 
 def type_name(name: str, *, array: bool = False) -> ast.TypeName:

@@ -25,7 +25,7 @@ from ...pipeline.session_executor import SessionExecutor
 from ..arrays import float8_arrays
 from ..astutil import deparse, has_pgml_call, is_pgml_call, param_count
 from ..encoding import with_formats
-from .common import as_float8_array, as_text, features_node, model_node, resolve_model
+from .common import as_float8_array, as_text, features_node, model_node, predict_function, resolve_model
 
 TEMP_TABLE = "pg_temp.pgml_predictions"
 # No key while the pairs are copied in: the unique index is built after the load, in one sort,
@@ -145,7 +145,7 @@ class GeneralPredict:
                  if s is not None and getattr(s, "withClause", None) is not None]
         calls = []
         for node, scopes in found:
-            name = node.funcname[-1].sval.lower()
+            name = predict_function(node)
             if name not in _FUNCTIONS or not node.args:
                 raise PgError(sqlstate.FEATURE_NOT_SUPPORTED,
                               f"pgml.{name} cannot be used inside a query over tables",

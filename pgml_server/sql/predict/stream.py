@@ -26,7 +26,8 @@ from ...pipeline.internal import InternalStatement, run_internal
 from ..arrays import float8_array_block, float8_arrays
 from ..astutil import deparse, has_pgml_call, is_pgml_call, param_count
 from ..encoding import format_code, with_formats
-from .common import OUTPUT, as_float8_array, encode_predictions, features_node, model_node, resolve_model
+from .common import (OUTPUT, as_float8_array, encode_predictions, features_node, model_node, predict_function,
+                     resolve_model)
 
 _STMT = "__pgml_rewrite"
 _I16 = struct.Struct("!h")
@@ -77,7 +78,7 @@ class StreamPredict:
             call = target.val
             if not is_pgml_call(call):
                 continue
-            name = call.funcname[-1].sval.lower()
+            name = predict_function(call)
             if name not in OUTPUT or not call.args:
                 return None
             model = model_node(call)
@@ -89,7 +90,8 @@ class StreamPredict:
             else:
                 return None
             outputs.append(out)
-            targets[i] = ast.ResTarget(name=target.name or name, val=as_float8_array(features_node(call)))
+            targets[i] = ast.ResTarget(name=target.name or call.funcname[-1].sval.lower(),
+                                       val=as_float8_array(features_node(call)))
         if not outputs:
             return None
         stmt.targetList = tuple(targets)
