@@ -42,6 +42,7 @@ class ColumnKind:
     kind: str              # one of KINDS
     subkind: str | None = None   # temporal: one of TEMPORAL_SUBKINDS; array: 'numeric' or 'boolean'
     integer: bool = False  # an integer type (int2/4/8, oid, or an array of them): task inference uses it
+    via: str | None = None  # a cast on the way to float8 where there is no direct one (bool: int4, oid: int8)
 
     @property
     def wire(self) -> str:
@@ -54,11 +55,12 @@ class ColumnKind:
 
     def to_json(self) -> dict:
         return {"name": self.name, "type_name": self.type_name, "kind": self.kind,
-                "subkind": self.subkind, "integer": self.integer}
+                "subkind": self.subkind, "integer": self.integer, "via": self.via}
 
     @classmethod
     def from_json(cls, obj: dict) -> "ColumnKind":
-        return cls(obj["name"], obj["type_name"], obj["kind"], obj.get("subkind"), bool(obj.get("integer")))
+        return cls(obj["name"], obj["type_name"], obj["kind"], obj.get("subkind"), bool(obj.get("integer")),
+                   obj.get("via"))
 
 
 # OIDs of the built-in types (pg_type.dat).
@@ -93,6 +95,7 @@ _ALIASES = {
     "time without time zone": "time", "time": "time", "time with time zone": "timetz", "timetz": "timetz",
     "interval": "interval",
 }
+_VIA = {"bool": "int4", "oid": "int8"}
 _NUMERIC_NAMES = {"int2", "int4", "int8", "oid", "float4", "float8", "numeric"}
 _INTEGER_NAMES = {"int2", "int4", "int8", "oid"}
 _TEXT_NAMES = {"text", "varchar", "bpchar", "char", "name", "citext"}
@@ -128,12 +131,12 @@ def column_kind(name: str, type_oid: int | None = None, type_name: str | None = 
     if dims:
         if base in _NUMERIC_NAMES or base == "bool":
             return ColumnKind(name, shown, ARRAY, BOOLEAN if base == "bool" else NUMERIC,
-                              integer=base in _INTEGER_NAMES)
+                              integer=base in _INTEGER_NAMES, via=_VIA.get(base))
         raise _refuse(name, shown, "text[]" if base in _TEXT_NAMES else None)
     if base in _NUMERIC_NAMES:
-        return ColumnKind(name, shown, NUMERIC, integer=base in _INTEGER_NAMES)
+        return ColumnKind(name, shown, NUMERIC, integer=base in _INTEGER_NAMES, via=_VIA.get(base))
     if base == "bool":
-        return ColumnKind(name, shown, BOOLEAN)
+        return ColumnKind(name, shown, BOOLEAN, via="int4")
     if base in _TEXT_NAMES:
         return ColumnKind(name, shown, CATEGORICAL)
     if base in TEMPORAL_SUBKINDS:

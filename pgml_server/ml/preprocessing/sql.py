@@ -6,7 +6,7 @@ turned into NaN by `coalesce`, so every such field is 8 bytes and rows of number
 fixed layout (decoded as one strided view); text and arrays stay variable-width, NULL included.
 
 Per kind (`col` is the quoted column, optionally qualified):
-  numeric      coalesce((col)::float8, 'NaN')
+  numeric      coalesce((col)::float8, 'NaN')                 (oid: (col)::int8::float8)
   boolean      coalesce((col)::int4::float8, 'NaN')          (PostgreSQL has no bool → float8 cast)
   categorical  (col)::text                                   (NULL stays NULL: it is its own category)
   date         coalesce(extract(epoch from (col)::timestamp)::float8, 'NaN')   epoch of midnight, UTC
@@ -15,7 +15,7 @@ Per kind (`col` is the quoted column, optionally qualified):
   time         coalesce(extract(epoch from col)::float8, 'NaN')   seconds since midnight
   timetz       coalesce(extract(epoch from col)::float8, 'NaN')   seconds since midnight UTC (offset applied)
   interval     coalesce(extract(epoch from col)::float8, 'NaN')   total seconds (month = 30 days, year = 365.25)
-  array        (col)::float8[]  (bool[]: (col)::int4[]::float8[])   NULL array / elements stay NULL
+  array        (col)::float8[]  (bool[]: ::int4[]::float8[], oid[]: ::int8[]…)   NULL array / elements stay NULL
 
 `timestamp` without time zone has no absolute meaning; extract(epoch) reads it as UTC, which
 is what the calendar features (fit.py) assume too, so hour and day of week are the wall clock's.
@@ -42,17 +42,16 @@ def canonical_expr(column: ColumnKind, qualifier: str | None = None) -> str:
     col = quote_ident(column.name)
     if qualifier:
         col = f"{qualifier}.{col}"
-    if column.kind == NUMERIC:
-        return f"coalesce(({col})::float8, {_NAN})"
-    if column.kind == BOOLEAN:
-        return f"coalesce(({col})::int4::float8, {_NAN})"
+    via = f"::{column.via}" if column.via else ""
+    if column.kind in (NUMERIC, BOOLEAN):
+        return f"coalesce(({col}){via}::float8, {_NAN})"
     if column.kind == CATEGORICAL:
         return f"({col})::text"
     if column.kind == TEMPORAL:
         source = f"({col})::timestamp" if column.subkind == "date" else col
         return f"coalesce(extract(epoch from {source})::float8, {_NAN})"
     if column.kind == ARRAY:
-        return f"({col})::int4[]::float8[]" if column.subkind == BOOLEAN else f"({col})::float8[]"
+        return f"({col}){via}[]::float8[]" if via else f"({col})::float8[]"
     raise ValueError(f"unknown column kind {column.kind!r}")
 
 
