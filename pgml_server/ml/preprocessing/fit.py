@@ -1,0 +1,663 @@
+"""The Preprocessor: fitted on the training rows, it turns decoded columns into one float64 matrix.
+
+Automatic choices (a column named in `preprocess` overrides only the keys it names):
+
+- numeric: NULL/NaN/±Infinity are missing, imputed with the training mean.
+- boolean: 0/1; missing imputed with the mode.
+- categorical: NULL is its own category. ≤ ONE_HOT_LIMIT (10) distinct training values: one-hot
+  (one column per value, plus `col=NULL` when training had NULLs; not dummy-dropped, unlike
+  PostgresML, so every value keeps its own column). More: target encoding, the smoothed mean of
+  y per category, (n_c·mean_c + SMOOTHING·prior) / (n_c + SMOOTHING) with SMOOTHING = 5; for
+  multiclass one such column per class (P(class | category)) up to MULTICLASS_TARGET_LIMIT (10)
+  classes, frequency encoding (share of training rows) beyond that or without a label
+  (unsupervised). Categories seen fewer than MIN_FREQUENCY (5) times in training go to the
+  "unknown" slot, which unseen values at predict time also map to (its value: the pooled rare
+  rows' statistic, or the prior when there were none; for one-hot an all-zero row).
+- temporal: epoch seconds (mean-imputed), and for timestamp/timestamptz/date the calendar parts
+  day of week (0 = Sunday, as PostgreSQL's dow), month (1-12), day of month and, except for
+  date, hour, computed in UTC from the imputed epoch. time/timetz/interval: seconds only.
+- array: one feature per element, each imputed with its own mean.
+- scaling: standard when `needs_scaling(algorithm)` (linear models, SVMs, kernel ridge, Gaussian
+  processes, k-NN, MLP, clustering, decomposition), else none; never for trees/boosting; one-hot
+  columns are never scaled. A constant feature is centred but not divided (scale 1).
+
+Explicit options: impute mean|median|mode|min|max|zero|error — for categorical columns `mode` maps
+NULL to the most frequent category, the others replace the encoded value of NULL rows by that
+statistic of the encoded training values, and without `impute` NULL stays its own category.
+`error` raises 22004 when the training rows (or, later, a row to transform) have a missing value.
+encode native (numbers as they are; a category's index in the sorted vocabulary, NULL and unknown
+the next two indices), target, one_hot (no frequency cut-off), ordinal (position + 1 in the given
+list, NULL and unknown 0; a training value not in the list is 22023). Numeric and boolean columns
+can be encoded as categories too (their distinct values are the categories). Statistics for
+imputing and scaling come from the rows given to `fit` only; scaling statistics are taken after
+imputing and encoding, so the training matrix is exactly standardised.
+
+Target encoding is fitted and applied on the same training rows (no out-of-fold fitting); the
+smoothing and the frequency cut-off limit, but do not remove, the optimism this gives.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from protocol import sqlstate
+from protocol.errors import PgError
+
+from .columns import ARRAY, BOOLEAN, CATEGORICAL, NUMERIC, TEMPORAL, ColumnKind
+from .decode import TextColumn
+from .spec import ColumnSpec
+
+ONE_HOT_LIMIT = 10
+MIN_FREQUENCY = 5
+SMOOTHING = 5.0
+MULTICLASS_TARGET_LIMIT = 10
+TOP_CATEGORIES = 20          # categories listed in analysis()
+VERSION = 1
+
+_SCALED_ALGORITHMS = {
+    "linear", "ridge", "lasso", "elastic_net", "least_angle", "lasso_least_angle", "orthogonal_matching_pursuit",
+    "bayesian_ridge", "automatic_relevance_determination", "stochastic_gradient_descent", "perceptron",
+    "passive_aggressive", "ransac", "theil_sen", "huber", "quantile", "logistic", "logistic_regression",
+    "svm", "nu_svm", "linear_svm", "kernel_ridge", "gaussian_process", "knn", "k_nearest_neighbors",
+    "kneighbors", "nearest_neighbors", "mlp", "neural_network", "multilayer_perceptron",
+    "kmeans", "k_means", "mini_batch_kmeans", "affinity_propagation", "birch", "dbscan", "hdbscan",
+    "optics", "mean_shift", "spectral", "spectral_clustering", "agglomerative", "feature_agglomeration",
+    "pca", "incremental_pca", "kernel_pca", "truncated_svd", "fast_ica", "ica", "nmf", "factor_analysis",
+    "dictionary_learning", "sparse_pca", "lda", "linear_discriminant_analysis", "qda",
+}
+_CALENDAR = {"timestamp": ("dow", "month", "day", "hour"), "timestamptz": ("dow", "month", "day", "hour"),
+             "date": ("dow", "month", "day")}
+
+
+def needs_scaling(algorithm: str | None) -> bool:
+    """Whether an algorithm is sensitive to feature scale (so standard scaling is the default)."""
+    return bool(algorithm) and algorithm.lower().replace("-", "_") in _SCALED_ALGORITHMS
+
+
+# ---------------------------------------------------------------- the preprocessor
+
+class Preprocessor:
+    """Fit with `fit(columns, y, …)`, then `transform(columns)` / `transform_row(values)` → (n, f) float64."""
+
+    def __init__(self, kinds: Sequence[ColumnKind], *, one_hot_limit: int = ONE_HOT_LIMIT,
+                 min_frequency: int = MIN_FREQUENCY, smoothing: float = SMOOTHING):
+        if len({k.name for k in kinds}) != len(kinds):
+            raise ValueError("duplicate column names")
+        self.kinds = list(kinds)
+        self.settings = {"one_hot_limit": int(one_hot_limit), "min_frequency": int(min_frequency),
+                         "smoothing": float(smoothing), "multiclass_target_limit": MULTICLASS_TARGET_LIMIT}
+        self._columns: list[_Column] = []
+        self.task: str | None = None
+        self.algorithm: str | None = None
+        self.rows = 0
+
+    # ------------------------------------------------------------ fitting
+
+    def fit(self, columns: Mapping[str, Any], y=None, *, task: str | None = None, algorithm: str | None = None,
+            spec: Mapping[str, ColumnSpec] | None = None) -> "Preprocessor":
+        """Learn every column's statistics and encoding from the TRAINING rows only.
+
+        `columns`: name → decoded values (decode.decode_copy output, or Python lists); `y`: the
+        label (regression: numbers; classification: class indices 0..C-1, see labels.Labels;
+        2-D for joint regression, the first column is used; None when unsupervised).
+        """
+        spec = dict(spec or {})
+        unknown = set(spec) - {k.name for k in self.kinds}
+        if unknown:
+            raise PgError(sqlstate.INVALID_PARAMETER_VALUE, f'preprocess names unknown column "{sorted(unknown)[0]}"')
+        self.task, self.algorithm = task, algorithm
+        data = self._inputs(columns)
+        n = _rows(data, self.kinds)
+        if n == 0:
+            raise PgError(sqlstate.INVALID_PARAMETER_VALUE, "there are no training rows to fit the preprocessing on")
+        target = _target(y, n, task, self.settings)
+        scale_default = "standard" if needs_scaling(algorithm) else "preserve"
+        fitted = []
+        for kind, values in zip(self.kinds, data):
+            col_spec = spec.get(kind.name, ColumnSpec())
+            if kind.kind == CATEGORICAL or col_spec.encode not in (None, "native"):
+                col: _Column = _Categorical(kind, col_spec, self.settings)
+            else:
+                col = _Numeric(kind, col_spec)
+            col.fit(values, target, scale_default)
+            fitted.append(col)
+        self._columns = fitted
+        self.rows = n
+        return self
+
+    # ------------------------------------------------------------ transforming
+
+    def transform(self, columns: Mapping[str, Any]) -> np.ndarray:
+        """The feature matrix (n, num_features) of decoded columns (any rows: training, test or predict)."""
+        self._check_fitted()
+        data = self._inputs(columns)
+        n = _rows(data, self.kinds)
+        out = np.empty((n, self.num_features), dtype=np.float64)
+        at = 0
+        for col, values in zip(self._columns, data):
+            width = len(col.features)
+            out[:, at:at + width] = col.transform(values)
+            at += width
+        return out
+
+    def transform_row(self, values: Sequence[Any]) -> np.ndarray:
+        """One row of Python values, in column order → a (1, num_features) matrix, as transform gives it.
+
+        Values: numbers (int/float/bool/Decimal), str (a category; a number given as text is
+        parsed for numeric columns), None (missing), a list for an array column. Temporal columns
+        take epoch seconds as SQL's extract(epoch from …) gives them, or datetime/date/time/
+        timedelta objects, converted the same way (a naive datetime is read as UTC, a date as
+        its midnight, a time as seconds since midnight, a timedelta as total seconds).
+        """
+        self._check_fitted()
+        if len(values) != len(self.kinds):
+            raise PgError(sqlstate.INVALID_PARAMETER_VALUE,
+                          f"the model takes {len(self.kinds)} input values ({', '.join(k.name for k in self.kinds)}), "
+                          f"got {len(values)}")
+        return self.transform({k.name: [v] for k, v in zip(self.kinds, values)})
+
+    def fit_transform(self, columns, y=None, **kw) -> np.ndarray:
+        return self.fit(columns, y, **kw).transform(columns)
+
+    # ------------------------------------------------------------ what came out
+
+    @property
+    def num_features(self) -> int:
+        return sum(len(c.features) for c in self._columns)
+
+    def feature_names(self) -> list[str]:
+        return [name for c in self._columns for name in c.features]
+
+    def feature_sources(self) -> list[str]:
+        """The source column of every output feature (to sum importances back per column)."""
+        return [c.kind.name for c in self._columns for _ in c.features]
+
+    def categorical_features(self) -> list[int]:
+        """Indices of the output features that are native category codes (for LightGBM/XGBoost/CatBoost)."""
+        out, at = [], 0
+        for c in self._columns:
+            if isinstance(c, _Categorical) and c.encoding == "native":
+                out.append(at)
+            at += len(c.features)
+        return out
+
+    def analysis(self) -> dict:
+        """JSON-serialisable statistics and choices per column (pgml.snapshots.analysis/columns)."""
+        self._check_fitted()
+        return {"rows": self.rows, "num_features": self.num_features, "task": self.task,
+                "algorithm": self.algorithm, "settings": dict(self.settings),
+                "columns": [c.analysis() for c in self._columns]}
+
+    def to_json(self) -> dict:
+        self._check_fitted()
+        return {"version": VERSION, "task": self.task, "algorithm": self.algorithm, "rows": self.rows,
+                "settings": dict(self.settings), "columns": [c.to_json() for c in self._columns]}
+
+    @classmethod
+    def from_json(cls, obj: Mapping) -> "Preprocessor":
+        if obj.get("version") != VERSION:
+            raise ValueError(f"unknown preprocessor version {obj.get('version')!r}")
+        columns = [_Column.from_json(c) for c in obj["columns"]]
+        s = obj["settings"]
+        self = cls([c.kind for c in columns], one_hot_limit=s["one_hot_limit"], min_frequency=s["min_frequency"],
+                   smoothing=s["smoothing"])
+        self.settings = dict(s)
+        self._columns, self.task, self.algorithm, self.rows = columns, obj["task"], obj["algorithm"], obj["rows"]
+        return self
+
+    def __getstate__(self):            # pickles as its JSON form: small, stable across code changes
+        return self.to_json()
+
+    def __setstate__(self, state):
+        self.__dict__.update(Preprocessor.from_json(state).__dict__)
+
+    # ------------------------------------------------------------ helpers
+
+    def _check_fitted(self) -> None:
+        if not self._columns and self.kinds:
+            raise RuntimeError("the preprocessor is not fitted")
+
+    def _inputs(self, columns: Mapping[str, Any]) -> list:
+        missing = [k.name for k in self.kinds if k.name not in columns]
+        if missing:
+            raise PgError(sqlstate.UNDEFINED_COLUMN, f'column "{missing[0]}" is missing from the input',
+                          hint="The model takes " + ", ".join(f'"{k.name}"' for k in self.kinds) + ".")
+        return [_convert(k, columns[k.name]) for k in self.kinds]
+
+
+# ---------------------------------------------------------------- input conversion
+
+def _convert(kind: ColumnKind, values: Any):
+    """Decoded values → TextColumn (categorical), (n, k) float64 (array) or (n,) float64 (the rest)."""
+    if kind.kind == CATEGORICAL:
+        if isinstance(values, TextColumn):
+            return values
+        return TextColumn.from_values(values.tolist() if isinstance(values, np.ndarray) else values)
+    if kind.kind == ARRAY:
+        if isinstance(values, np.ndarray) and values.dtype != object:
+            out = np.asarray(values, dtype=np.float64)
+            if out.ndim != 2:
+                raise _bad_input(kind, "an array column needs a 2-D matrix (rows × elements)")
+            return out
+        rows = [None if v is None else [_number(kind, e) for e in np.asarray(v, dtype=object).reshape(-1)]
+                for v in values]
+        width = max((len(r) for r in rows if r is not None), default=0)
+        out = np.full((len(rows), width), np.nan)
+        for i, r in enumerate(rows):
+            if r is not None:
+                if len(r) != width:
+                    raise _bad_input(kind, f"arrays of different lengths ({len(r)} and {width})")
+                out[i] = r
+        return out
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
+        return values.astype(np.float64, copy=False).reshape(-1)
+    return np.array([_number(kind, v) for v in values], dtype=np.float64)
+
+
+def _number(kind: ColumnKind, v: Any) -> float:
+    if v is None:
+        return math.nan
+    if isinstance(v, (bool, np.bool_)):
+        return 1.0 if v else 0.0
+    if isinstance(v, _dt.datetime):
+        if v.tzinfo is None:
+            v = v.replace(tzinfo=_dt.timezone.utc)
+        return (v - _EPOCH).total_seconds()
+    if isinstance(v, _dt.date):
+        return float((v - _dt.date(1970, 1, 1)).days * 86400)
+    if isinstance(v, _dt.time):
+        seconds = v.hour * 3600 + v.minute * 60 + v.second + v.microsecond / 1e6
+        offset = v.utcoffset()
+        return seconds - (offset.total_seconds() if offset is not None else 0.0)
+    if isinstance(v, _dt.timedelta):
+        return v.total_seconds()
+    if isinstance(v, str):
+        if kind.kind == TEMPORAL:
+            raise _bad_input(kind, f"{v!r} is text: pass epoch seconds or a date/time value")
+        if kind.kind == BOOLEAN and v.strip().lower() in ("t", "true", "yes", "on", "1", "f", "false", "no", "off", "0"):
+            return 1.0 if v.strip().lower() in ("t", "true", "yes", "on", "1") else 0.0
+        try:
+            return float(v)
+        except ValueError:
+            raise PgError(sqlstate.INVALID_TEXT_REPRESENTATION,
+                          f'invalid input for column "{kind.name}" ({kind.type_name}): {v!r}') from None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise _bad_input(kind, f"cannot use a {type(v).__name__} value") from None
+
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+def _bad_input(kind: ColumnKind, why: str) -> PgError:
+    return PgError(sqlstate.DATATYPE_MISMATCH, f'column "{kind.name}" ({kind.type_name}): {why}')
+
+
+def _rows(data: list, kinds: Sequence[ColumnKind]) -> int:
+    lengths = {len(d) for d in data}
+    if len(lengths) > 1:
+        raise PgError(sqlstate.INVALID_PARAMETER_VALUE, "the input columns have different numbers of rows")
+    return lengths.pop() if lengths else 0
+
+
+def _target(y, n: int, task: str | None, settings: dict):
+    """The label as target encoding needs it: ('regression', y) / ('classes', indices, C) / None."""
+    if y is None:
+        return None
+    y = np.asarray(y, dtype=np.float64)
+    if y.ndim == 2:
+        y = y[:, 0]            # joint regression: the first label, as PostgresML
+    if len(y) != n:
+        raise ValueError(f"y has {len(y)} rows, the columns {n}")
+    if task == "classification":
+        classes = int(np.nanmax(y)) + 1 if len(y) else 0
+        return ("classes", y, classes)
+    return ("regression", y)
+
+
+# ---------------------------------------------------------------- statistics
+
+def _stats(x: np.ndarray) -> dict:
+    """Statistics of the finite values of x (1-D)."""
+    good = x[np.isfinite(x)]
+    if len(good) == 0:
+        return {"count": 0}
+    q = np.percentile(good, [25, 50, 75])
+    values, counts = np.unique(good, return_counts=True)
+    return {"count": int(len(good)), "mean": float(good.mean()), "std": float(good.std()),
+            "min": float(good.min()), "max": float(good.max()), "p25": float(q[0]), "median": float(q[1]),
+            "p75": float(q[2]), "mode": float(values[np.argmax(counts)]), "distinct": int(len(values))}
+
+
+def _fill_value(stats: dict, how: str) -> float:
+    if how == "zero" or stats["count"] == 0:
+        return 0.0          # a feature with no training value at all is imputed with 0
+    return stats[{"mean": "mean", "median": "median", "mode": "mode", "min": "min", "max": "max"}[how]]
+
+
+def _scaler(x: np.ndarray, how: str) -> tuple[float, float]:
+    """(center, scale) for output feature values x of the training rows."""
+    if how == "preserve" or len(x) == 0:
+        return 0.0, 1.0
+    if how == "standard":
+        center, spread = float(x.mean()), float(x.std())
+    elif how == "min_max":
+        center, spread = float(x.min()), float(x.max() - x.min())
+    elif how == "max_abs":
+        center, spread = 0.0, float(np.abs(x).max())
+    else:  # robust
+        p25, p50, p75 = np.percentile(x, [25, 50, 75])
+        center, spread = float(p50), float(p75 - p25)
+    return center, (spread if spread > 0 and math.isfinite(spread) else 1.0)
+
+
+def _missing_error(kind: ColumnKind, count: int, where: str) -> PgError:
+    return PgError(sqlstate.NULL_VALUE_NOT_ALLOWED,
+                   f'column "{kind.name}" has {count} missing value{"s" if count != 1 else ""} (NULL or NaN) {where}, '
+                   f'and its preprocess says impute "error"',
+                   hint=f'Choose another impute for it, e.g. preprocess => \'{{"{kind.name}": {{"impute": "mean"}}}}\', '
+                        f"or filter the rows in a view.")
+
+
+def _clean(v):
+    """JSON-safe: NaN/±Infinity → None, numpy scalars → Python."""
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, (np.floating, float)):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+def _floats(values) -> np.ndarray:
+    return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
+
+
+# ---------------------------------------------------------------- per-column transformers
+
+class _Column:
+    kind: ColumnKind
+    features: list[str]
+
+    @staticmethod
+    def from_json(obj: dict) -> "_Column":
+        cls = {"numeric": _Numeric, "categorical": _Categorical}[obj["transform"]]
+        col = cls.__new__(cls)
+        col.load(obj)
+        return col
+
+
+class _Numeric(_Column):
+    """Numbers, booleans, temporal values (with calendar parts) and arrays: impute, derive, scale."""
+
+    def __init__(self, kind: ColumnKind, spec: ColumnSpec):
+        self.kind, self.spec = kind, spec
+
+    def fit(self, x: np.ndarray, target, scale_default: str) -> None:
+        kind = self.kind
+        raw = x.reshape(len(x), -1) if kind.kind == ARRAY else x.reshape(-1, 1)
+        raw = np.where(np.isfinite(raw), raw, np.nan)
+        missing = np.isnan(raw)
+        self.impute = self.spec.impute or ("mode" if kind.kind == BOOLEAN else "mean")
+        if self.impute == "error" and missing.any():
+            raise _missing_error(kind, int(missing.any(axis=1).sum()), "in the training rows")
+        self.raw_stats = [_stats(raw[:, j]) for j in range(raw.shape[1])]
+        self.missing = int(missing.any(axis=1).sum())
+        self.fill = [_fill_value(s, self.impute if self.impute != "error" else "zero") for s in self.raw_stats]
+        self.width = raw.shape[1]
+        self.parts = _CALENDAR.get(kind.subkind, ()) if kind.kind == TEMPORAL else ()
+        if kind.kind == ARRAY:
+            self.features = [f"{kind.name}[{j + 1}]" for j in range(self.width)]
+        else:
+            self.features = [kind.name] + [f"{kind.name}.{p}" for p in self.parts]
+        self.scale = self.spec.scale or scale_default
+        derived = self._derive(self._impute(raw))
+        self.center, self.spread = map(list, zip(*(_scaler(derived[:, j], self.scale)
+                                                   for j in range(derived.shape[1])))) if derived.shape[1] else ([], [])
+        self.distinct = int(self.raw_stats[0].get("distinct", 0)) if self.width == 1 else None
+
+    def _impute(self, raw: np.ndarray) -> np.ndarray:
+        missing = np.isnan(raw)
+        if self.impute == "error" and missing.any():
+            raise _missing_error(self.kind, int(missing.any(axis=1).sum()), "in the input")
+        if not missing.any():
+            return raw
+        return np.where(missing, np.asarray(self.fill, dtype=np.float64), raw)
+
+    def _derive(self, x: np.ndarray) -> np.ndarray:
+        if not self.parts:
+            return x
+        epoch = x[:, 0]
+        days = np.floor(epoch / 86400.0)
+        out = [epoch]
+        dates = days.astype(np.int64).astype("datetime64[D]")
+        months = dates.astype("datetime64[M]")
+        for part in self.parts:
+            if part == "dow":
+                out.append(np.mod(days + 4.0, 7.0))                     # 1970-01-01 was a Thursday (4)
+            elif part == "month":
+                out.append((months.astype(np.int64) % 12 + 1).astype(np.float64))
+            elif part == "day":
+                out.append(((dates - months).astype(np.int64) + 1).astype(np.float64))
+            else:  # hour
+                out.append(np.floor((epoch - days * 86400.0) / 3600.0))
+        return np.column_stack(out)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        raw = x.reshape(len(x), -1) if self.kind.kind == ARRAY else x.reshape(-1, 1)
+        if raw.shape[1] != self.width:
+            raise _bad_input(self.kind, f"{raw.shape[1]} elements given, the model was trained with {self.width}")
+        raw = np.where(np.isfinite(raw), raw, np.nan)
+        out = self._derive(self._impute(raw))
+        if self.scale != "preserve":
+            out = (out - np.asarray(self.center)) / np.asarray(self.spread)
+        return out
+
+    def analysis(self) -> dict:
+        out = {"name": self.kind.name, "type": self.kind.type_name, "kind": self.kind.kind,
+               "subkind": self.kind.subkind, "nulls": self.missing,
+               "preprocess": {"impute": self.impute, "scale": self.scale, "encode": "native"},
+               "features": self.features}
+        if self.width == 1:
+            out["statistics"] = self.raw_stats[0]
+            out["distinct"] = self.distinct
+        else:
+            out["statistics"] = self.raw_stats
+        return _clean(out)
+
+    def to_json(self) -> dict:
+        return _clean({"transform": "numeric", "kind": self.kind.to_json(), "spec": self.spec.to_json(),
+                       "impute": self.impute, "scale": self.scale, "fill": self.fill, "width": self.width,
+                       "parts": list(self.parts), "features": self.features, "center": self.center,
+                       "spread": self.spread, "raw_stats": self.raw_stats, "missing": self.missing,
+                       "distinct": self.distinct})
+
+    def load(self, obj: dict) -> None:
+        self.kind, self.spec = ColumnKind.from_json(obj["kind"]), ColumnSpec.from_json(obj["spec"])
+        self.impute, self.scale, self.width = obj["impute"], obj["scale"], obj["width"]
+        self.fill = [0.0 if v is None else v for v in obj["fill"]]
+        self.parts, self.features = tuple(obj["parts"]), obj["features"]
+        self.center, self.spread = obj["center"], obj["spread"]
+        self.raw_stats, self.missing, self.distinct = obj["raw_stats"], obj["missing"], obj["distinct"]
+
+
+class _Categorical(_Column):
+    """Values → codes (sorted vocabulary, searchsorted) → one gather from a fitted table.
+
+    Codes: 0..m-1 the vocabulary, m NULL, m+1 unknown (rare in training, or unseen). The table
+    holds the final output row of every code: encoding, imputing and scaling are folded into it.
+    """
+
+    def __init__(self, kind: ColumnKind, spec: ColumnSpec, settings: dict):
+        self.kind, self.spec, self.settings = kind, spec, settings
+
+    # keys: bytes ('S') for text, float64 for numbers encoded as categories
+    def _keys(self, values) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(values, TextColumn):
+            return values.values, values.null
+        x = np.asarray(values, dtype=np.float64).reshape(-1)
+        null = ~np.isfinite(x)
+        return np.where(null, 0.0, x), null
+
+    def _codes(self, keys: np.ndarray, null: np.ndarray) -> np.ndarray:
+        m = len(self.vocab)
+        if m == 0:
+            return np.where(null, 0, 1).astype(np.int64)
+        index = np.searchsorted(self.vocab, keys)
+        clipped = np.minimum(index, m - 1)
+        hit = self.vocab[clipped] == keys
+        return np.where(null, m, np.where(hit, clipped, m + 1)).astype(np.int64)
+
+    def fit(self, values, target, scale_default: str) -> None:
+        kind, spec, settings = self.kind, self.spec, self.settings
+        self.text = isinstance(values, TextColumn)
+        keys, null = self._keys(values)
+        n, self.nulls = len(keys), int(null.sum())
+        present = keys[~null]
+        uniq, counts = np.unique(present, return_counts=True)
+        self.distinct = int(len(uniq))
+        order = np.argsort(-counts, kind="stable")[:TOP_CATEGORIES]
+        self.top = [[self._shown(uniq[i]), int(counts[i])] for i in order]
+        self.impute = spec.impute
+        if self.impute == "error" and self.nulls:
+            raise _missing_error(kind, self.nulls, "in the training rows")
+        encoding = spec.encode
+        if encoding is None:
+            if kind.kind != CATEGORICAL:
+                encoding = "native"
+            elif self.distinct <= settings["one_hot_limit"]:
+                encoding = "one_hot"
+            elif target is not None and not (target[0] == "classes" and target[2] > settings["multiclass_target_limit"]):
+                encoding = "target"
+            else:
+                encoding = "frequency"
+        if encoding == "target" and target is None:
+            raise PgError(sqlstate.INVALID_PARAMETER_VALUE,
+                          f'column "{kind.name}": target encoding needs a label, and this training has none',
+                          hint='Use "encode": "one_hot" or "ordinal" instead.')
+        if encoding == "target" and target[0] == "classes" and target[2] > settings["multiclass_target_limit"]:
+            encoding = "target"     # asked for explicitly: one column per class anyway
+        self.encoding = encoding
+        # vocabulary
+        if encoding == "ordinal":
+            given = [self._key(v) for v in spec.ordinal]
+            order_keys = np.array(given) if self.text else np.array(given, dtype=np.float64)
+            sort = np.argsort(order_keys, kind="stable")
+            self.vocab = order_keys[sort]
+            self.ordinal_rank = (sort + 1).astype(np.float64)          # 1-based position in the given list
+            outside = ~np.isin(uniq, self.vocab)
+            if outside.any():
+                shown = ", ".join(repr(self._shown(v)) for v in uniq[outside][:5])
+                raise PgError(sqlstate.INVALID_PARAMETER_VALUE,
+                              f'column "{kind.name}" has values not in its ordinal list: {shown}',
+                              hint="The ordinal list must name every value of the training rows, in order.")
+        elif encoding in ("target", "frequency"):
+            self.vocab = uniq[counts >= settings["min_frequency"]]
+        else:
+            self.vocab = uniq
+        m = len(self.vocab)
+        codes = self._codes(keys, null)
+        code_counts = np.bincount(codes, minlength=m + 2).astype(np.float64)
+        # the table: one output row per code
+        if encoding == "one_hot":
+            self.features = [f"{kind.name}={self._shown(v)}" for v in self.vocab]
+            table = np.zeros((m + 2, m + (1 if self.nulls else 0)))
+            table[np.arange(m), np.arange(m)] = 1.0
+            if self.nulls:
+                self.features.append(f"{kind.name}=NULL")
+                table[m, m] = 1.0
+        elif encoding == "ordinal":
+            self.features = [kind.name]
+            table = np.concatenate([self.ordinal_rank, [0.0, 0.0]])[:, None]
+        elif encoding == "native":
+            self.features = [kind.name]
+            table = np.arange(m + 2, dtype=np.float64)[:, None]
+        elif encoding == "frequency":
+            self.features = [f"{kind.name}.frequency"]
+            table = (code_counts / n)[:, None]
+        else:  # target
+            table, self.features = self._target_table(codes, code_counts, target, m)
+        # impute NULL (when asked): fold into the table's NULL row
+        if self.impute == "mode" and len(uniq):
+            table[m] = table[self._codes(uniq[[int(np.argmax(counts))]], np.zeros(1, bool))[0]]
+        elif self.impute in ("mean", "median", "min", "max", "zero"):
+            train = table[codes[~null]]
+            table[m] = [_fill_value(_stats(train[:, j]), self.impute) for j in range(table.shape[1])]
+        # scale (never one-hot): statistics of the training rows' outputs
+        self.scale = "preserve" if encoding == "one_hot" else (spec.scale or scale_default)
+        if self.scale != "preserve":
+            train = table[codes]
+            for j in range(table.shape[1]):
+                center, spread = _scaler(train[:, j], self.scale)
+                table[:, j] = (table[:, j] - center) / spread
+        self.table = table
+
+    def _target_table(self, codes, code_counts, target, m):
+        kind, s = self.kind, self.settings["smoothing"]
+        if target[0] == "regression":
+            ys = [target[1]]
+            names = [f"{kind.name}.target"]
+        else:
+            y, classes = target[1], target[2]
+            if classes <= 2:
+                ys, names = [(y == 1).astype(np.float64)], [f"{kind.name}.target"]
+            else:
+                ys = [(y == c).astype(np.float64) for c in range(classes)]
+                names = [f"{kind.name}.target[{c}]" for c in range(classes)]
+        table = np.empty((m + 2, len(ys)))
+        for j, yj in enumerate(ys):
+            prior = float(yj.mean())
+            sums = np.bincount(codes, weights=yj, minlength=m + 2)
+            table[:, j] = (sums + s * prior) / (code_counts + s)
+        return table, names
+
+    def _key(self, v):
+        if self.text:
+            return (v if isinstance(v, str) else str(v)).encode("utf-8")
+        return float(v)
+
+    def _shown(self, key) -> Any:
+        if self.text:
+            return bytes(key).decode("utf-8", "replace")
+        f = float(key)
+        return int(f) if f.is_integer() else f
+
+    def transform(self, values) -> np.ndarray:
+        keys, null = self._keys(values)
+        if self.impute == "error" and null.any():
+            raise _missing_error(self.kind, int(null.sum()), "in the input")
+        return self.table[self._codes(keys, null)]
+
+    def analysis(self) -> dict:
+        return _clean({"name": self.kind.name, "type": self.kind.type_name, "kind": self.kind.kind,
+                       "subkind": self.kind.subkind, "nulls": self.nulls, "distinct": self.distinct,
+                       "top_categories": self.top, "vocabulary_size": len(self.vocab),
+                       "preprocess": {"impute": self.impute or "category", "scale": self.scale,
+                                      "encode": self.encoding}, "features": self.features})
+
+    def to_json(self) -> dict:
+        vocab = [self._shown(v) for v in self.vocab] if self.text else [float(v) for v in self.vocab]
+        return _clean({"transform": "categorical", "kind": self.kind.to_json(), "spec": self.spec.to_json(),
+                       "settings": self.settings, "text": self.text, "vocab": vocab, "table": self.table.tolist(),
+                       "encoding": self.encoding, "impute": self.impute, "scale": self.scale,
+                       "features": self.features, "nulls": self.nulls, "distinct": self.distinct, "top": self.top})
+
+    def load(self, obj: dict) -> None:
+        self.kind, self.spec, self.settings = ColumnKind.from_json(obj["kind"]), ColumnSpec.from_json(obj["spec"]), \
+            obj["settings"]
+        self.text = obj["text"]
+        if self.text:
+            raw = [v.encode("utf-8") for v in obj["vocab"]]
+            self.vocab = np.array(raw, dtype=f"S{max([len(v) for v in raw] + [1])}")
+        else:
+            self.vocab = np.array(obj["vocab"], dtype=np.float64)
+        self.table = np.array([_floats(r) for r in obj["table"]], dtype=np.float64).reshape(len(self.vocab) + 2, -1)
+        self.encoding, self.impute, self.scale = obj["encoding"], obj["impute"], obj["scale"]
+        self.features, self.nulls, self.distinct, self.top = obj["features"], obj["nulls"], obj["distinct"], obj["top"]
