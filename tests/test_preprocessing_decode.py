@@ -167,3 +167,24 @@ def test_canonical_sql_quotes_names():
     sql = copy_query("pgml.snapshot_3", kinds)
     assert sql.startswith('COPY (SELECT coalesce((s."we""ird")::float8') and "FROM pgml.snapshot_3 s" in sql
     assert 'extract(epoch from (s."d")::timestamp)' in sql and sql.endswith("TO STDOUT (FORMAT binary)")
+
+
+def test_every_path_finds_the_same_rows(conn):
+    """Count-like bytes inside values (a text length word 00 00 00 03 holds the count 00 03 of a
+    3-field row; chr(3) in text; floats whose bytes look like counts) must not confuse the search."""
+    from pgml_server.ml.preprocessing import decode as D
+    data = copy_bytes(conn, "SELECT coalesce(CASE WHEN g % 7 = 0 THEN 3 * 2.0 ^ -1021 ELSE g END::float8, 'NaN'), "
+                            "CASE WHEN g % 5 = 0 THEN NULL ELSE repeat(chr(3), g % 4) || repeat('x', g % 3) END, "
+                            "'{1,2}'::float8[] FROM generate_series(1, 300) g")
+    wire = ["float8", "text", "float8[]"]
+    raw = np.frombuffer(data, dtype=np.uint8)
+    start = D._body_start(data)
+    found = [D._row_search(raw, start, wire), D._row_layout(data, raw, start, wire), D._exact_scan(data, start, 3)]
+    assert all(f is not None for f in found)
+    results = [[D._column(data, raw, w, "c", o, s) for w, o, s in zip(wire, *f)] for f in found]
+    for other in results[1:]:
+        np.testing.assert_array_equal(results[0][0], other[0])
+        assert results[0][1].tolist() == other[1].tolist()
+        np.testing.assert_array_equal(results[0][2], other[2])
+    texts = results[0][1].tolist()
+    assert texts[4] is None and texts[0] == "\x03x" and texts[2] == "\x03\x03\x03"

@@ -16,17 +16,23 @@ bytes; the int16 trailer -1. All big-endian.
                the first non-NULL array (any number of dimensions, flattened row-major). A non-NULL
                array with another element count is PgError 22023 naming the column.
 
-Three paths, fastest first; each proves its layout with vectorised checks of every count and
+Four paths, fastest first; each proves its layout with vectorised checks of every count and
 length word, and hands over to the next when a check fails:
 1. fixed: no text column and every field the width of the first row (float8 never NULL — the
    canonical SQL coalesces NULL to NaN — and every array the same shape, no NULL element). The
    body is then one strided view: no Python per row.
-2. rows: text (or arrays of varying size) present. A Python loop per ROW reads only the length
-   words of the variable-width fields; every offset follows from np.cumsum over those lengths and
-   the fixed gaps; numpy then checks the count and float8 length words where the layout says they
-   are.
-3. exact: a field-by-field scan (a NULL float8 from SQL that did not coalesce, or a malformed
+2. search: text (or arrays of varying size) present. Every position holding the field count is a
+   candidate row start; all candidates are walked at once (one gather per run of float8 fields,
+   one per variable field's length word) and the true rows are the chain from the body start,
+   each ending where the next begins — which proves them. No Python per row either.
+3. rows: when the search cannot prove a chain (count-like bytes inside values that also end a
+   candidate): a Python loop per ROW reads only the variable fields' length words; offsets
+   follow by np.cumsum; numpy checks the count and float8 length words.
+4. exact: a field-by-field scan (a NULL float8 from SQL that did not coalesce, or a malformed
    stream, which it reports with SQLSTATE 22P03 and the row).
+
+Measured (2 shared cores): 1M rows × (8 float8 + 3 text + 1 float8), 154 MiB: ~1.0 s through
+path 2 (1.3-1.5 s through path 3); 1M × 9 float8 through path 1: ~0.1 s.
 """
 from __future__ import annotations
 
@@ -105,6 +111,8 @@ def decode_copy(data: bytes | bytearray | memoryview, wire: Sequence[str],
     located = None
     if TEXT not in wire:
         located = _fixed_layout(buf, raw, start, wire)
+    if located is None:
+        located = _row_search(raw, start, wire)
     if located is None:
         located = _row_layout(buf, raw, start, wire)
     if located is None:
@@ -202,7 +210,86 @@ def _fixed_layout(buf: bytes, raw: np.ndarray, start: int, wire: Sequence[str]):
     return offsets, sizes
 
 
-# ---------------------------------------------------------------- path 2: a loop per row
+# ---------------------------------------------------------------- path 2: rows found by numpy
+
+def _row_search(raw: np.ndarray, start: int, wire: Sequence[str]):
+    """Row starts found without a Python loop: candidates, walked in parallel, proven by the chain.
+
+    Every position holding the field count (int16 = ncols) is a candidate row start. All
+    candidates are walked at once: a run of float8 fields is one gather of its bytes (every
+    length word must be 8: the canonical SQL never sends a NULL float8), a variable field a
+    gather of its length word (>= -1, never past the end). The true rows are the chain that
+    starts at the body start: each row must end exactly where the next begins and the last at
+    the trailer. Candidates that are not the end of another valid candidate are dropped first
+    (count-like bytes inside a value); if anything then breaks the chain, None: the Python loop
+    over rows decides.
+    """
+    ncols, end = len(wire), len(raw) - 2
+    if ncols > 0x7FFF:
+        return None
+    hi, lo = ncols >> 8, ncols & 0xFF
+    cand = np.flatnonzero(raw[start + 1:end] == lo) + start        # the count's low byte, then its high byte
+    cand = cand[raw[cand] == hi]
+    cand = cand[cand + 2 + 4 * ncols <= end]
+    if len(cand) == 0 or cand[0] != start:
+        return None
+    segments, j = [], 0                      # ('run', first, count) of float8 fields or ('var', index)
+    while j < ncols:
+        if wire[j] == FLOAT8:
+            r = 1
+            while j + r < ncols and wire[j + r] == FLOAT8:
+                r += 1
+            segments.append(("run", j, r))
+            j += r
+        else:
+            segments.append(("var", j, 1))
+            j += 1
+    pos = cand + 2
+    valid = np.ones(len(cand), dtype=bool)
+    found: dict[int, np.ndarray] = {}       # segment index → its gathered data for every candidate
+    for k, (what, j, r) in enumerate(segments):
+        width = 12 * r if what == "run" else 4
+        inside = pos + width <= end
+        valid &= inside
+        block = _bytes_at(raw, np.where(inside, pos, start), width)
+        if what == "run":
+            block = block.reshape(-1, r, 12)
+            valid &= (np.ascontiguousarray(block[:, :, :4]).view(">i4").reshape(-1, r) == 8).all(axis=1)
+            found[k] = block
+            pos = pos + width
+        else:
+            L = np.ascontiguousarray(block).view(">i4").reshape(-1).astype(np.int64)
+            valid &= L >= -1
+            found[k] = L
+            pos = pos + 4 + np.maximum(L, 0)
+        valid &= pos <= end
+    keep = np.flatnonzero(valid)
+    cand, ends = cand[keep], pos[keep]
+    if len(cand) == 0 or cand[0] != start:
+        return None
+    if len(cand) > 1 and not (ends[:-1] == cand[1:]).all():
+        real = np.flatnonzero(np.isin(cand, ends) | (cand == start))   # a row start is some row's end
+        keep, cand, ends = keep[real], cand[real], ends[real]
+        if not (ends[:-1] == cand[1:]).all():
+            return None
+    if ends[-1] != end:
+        return None
+    offsets, sizes = [None] * ncols, [None] * ncols
+    pos = cand + 2
+    for k, (what, j, r) in enumerate(segments):
+        if what == "run":
+            values = np.ascontiguousarray(found[k][keep][:, :, 4:]).view(">f8").reshape(-1, r).astype(np.float64)
+            for i in range(r):
+                offsets[j + i] = values[:, i]
+            pos = pos + 12 * r
+        else:
+            L = found[k][keep]
+            offsets[j], sizes[j] = pos + 4, L
+            pos = pos + 4 + np.maximum(L, 0)
+    return offsets, sizes
+
+
+# ---------------------------------------------------------------- path 3: a loop per row
 
 def _row_layout(buf: bytes, raw: np.ndarray, start: int, wire: Sequence[str]):
     """Offsets when float8 fields are all 8 bytes: Python reads only the variable fields' length words."""
@@ -309,7 +396,7 @@ def _walk(buf: bytes, pos: int, gaps: list[int], tail: int) -> list[int] | None:
     return out if pos == end else None
 
 
-# ---------------------------------------------------------------- path 3: field by field
+# ---------------------------------------------------------------- path 4: field by field
 
 def _exact_scan(buf: bytes, pos: int, ncols: int):
     unpack16, unpack32 = _I16.unpack_from, _I32.unpack_from
