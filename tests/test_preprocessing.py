@@ -429,3 +429,23 @@ def test_labels_text_boolean_numeric():
     assert err.value.sqlstate == "22004" and '"y"' in err.value.message
     with pytest.raises(PgError):
         labels.decode([3])
+
+
+def test_fortran_order_and_numeric_inputs():
+    p, cols, _ = fitted(algorithm="ridge")
+    X = p.transform(cols)
+    F_ = p.transform(cols, order="F")
+    assert F_.flags.f_contiguous
+    np.testing.assert_array_equal(X, F_)
+    k = [column_kind("x", 701), column_kind("v", 1021), column_kind("n", 23), column_kind("t", 1184)]
+    data_ = {"x": [1.0, None, 3.0], "v": [[1, 2], [3, 4], None], "n": [1, 2, 1], "t": [0.0, 1e9, 2e9]}
+    q = Preprocessor(k).fit(data_, None, spec={"n": ColumnSpec(encode="one_hot")}, algorithm="svm")
+    assert q.input_names() == ["x", "v[1]", "v[2]", "n", "t"]
+    flat = np.array([[1.0, 1, 2, 1, 0.0], [np.nan, 3, 4, 2, 1e9], [3.0, np.nan, np.nan, 1, 2e9]])
+    np.testing.assert_array_equal(q.transform_numbers(flat), q.transform(data_))
+    np.testing.assert_array_equal(q.transform_numbers(flat[0]), q.transform_row([1.0, [1, 2], 1, 0.0]))
+    with pytest.raises(PgError, match="takes 5 input values"):
+        q.transform_numbers(flat[:, :3])
+    with pytest.raises(PgError) as err:
+        p.transform_numbers(np.zeros((1, len(p.input_names()))))
+    assert err.value.sqlstate == "42804" and "row" in err.value.hint

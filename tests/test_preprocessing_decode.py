@@ -10,13 +10,15 @@ import pytest
 from protocol.errors import PgError
 from pgml_server.ml.preprocessing import columns as C
 from pgml_server.ml.preprocessing.decode import TextColumn, decode_copy
-from pgml_server.ml.preprocessing.sql import copy_query, quote_ident, select_canonical, wire_types
+from pgml_server.ml.preprocessing.sql import (RELATION_COLUMNS_SQL, copy_query, kinds_from_rows, quote_ident,
+                                              select_canonical, wire_types)
 
 TYPES = """
 CREATE TYPE pp_mood AS ENUM ('sad', 'ok', 'happy');
 CREATE DOMAIN pp_pos AS numeric(10,2) CHECK (VALUE >= 0);
+CREATE DOMAIN pp_pos2 AS pp_pos;
 CREATE TABLE pp_all (
-  "i2" int2, "i4" int4, "i8" int8, "f4" real, "f8" float8, "num" numeric(10,2), "dom" pp_pos, "o" oid,
+  "i2" int2, "i4" int4, "i8" int8, "f4" real, "f8" float8, "num" numeric(10,2), "dom" pp_pos2, "o" oid,
   "b" bool, "t" text, "vc" varchar(10), "ch" char(3), "nm" name, "mood" pp_mood,
   "d" date, "ts" timestamp, "tstz" timestamptz, "tm" time, "tmtz" timetz, "iv" interval,
   "ra" real[], "ia" int[], "ba" bool[], "na" numeric[],
@@ -37,7 +39,7 @@ INSERT INTO pp_all VALUES
 @pytest.fixture(scope="module")
 def conn(upstream):
     with psycopg.connect(upstream.dsn, autocommit=True) as c:
-        c.execute("DROP TABLE IF EXISTS pp_all; DROP DOMAIN IF EXISTS pp_pos; DROP TYPE IF EXISTS pp_mood")
+        c.execute("DROP TABLE IF EXISTS pp_all; DROP DOMAIN IF EXISTS pp_pos2; DROP DOMAIN IF EXISTS pp_pos; DROP TYPE IF EXISTS pp_mood")
         c.execute(TYPES)
         yield c
 
@@ -48,21 +50,16 @@ def copy_bytes(conn, query: str) -> bytes:
 
 
 def relation_kinds(conn, relation: str) -> list[C.ColumnKind]:
-    """What the integrator does: pg_attribute, domains resolved to their base type, enums flagged."""
-    rows = conn.execute("""
-        SELECT a.attname, coalesce(nullif(t.typbasetype, 0), t.oid)::int,
-               format_type(coalesce(nullif(t.typbasetype, 0), t.oid), nullif(a.atttypmod, -1)),
-               (SELECT typtype FROM pg_type WHERE oid = coalesce(nullif(t.typbasetype, 0), t.oid)) = 'e'
-        FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-        WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum""",
-                        (relation,)).fetchall()
-    return [C.column_kind(name, oid, tname, enum=enum) for name, oid, tname, enum in rows]
+    """What the integrator does: RELATION_COLUMNS_SQL (domains resolved, enums flagged), then the kinds."""
+    rows = conn.execute(RELATION_COLUMNS_SQL.replace("$1", "%s"), (relation,)).fetchall()
+    return kinds_from_rows(rows)
 
 
 def test_every_type_with_nulls_decodes(conn):
     kinds = relation_kinds(conn, "pp_all")
     by = {k.name: k for k in kinds}
     assert by["dom"].kind == C.NUMERIC and by["mood"].kind == C.CATEGORICAL and by["ch"].kind == C.CATEGORICAL
+    assert by["dom"].type_name == "numeric(10,2)" and by["vc"].type_name == "character varying(10)"
     assert by["iv"].subkind == "interval" and by["ba"].subkind == C.BOOLEAN and by["ia"].integer
     conn.execute("SET TimeZone = 'America/New_York'")
     data = copy_bytes(conn, select_canonical("pp_all", kinds))
@@ -159,6 +156,16 @@ def test_empty_and_malformed(conn):
         assert err.value.sqlstate == "22P03"
     with pytest.raises(PgError):
         decode_copy(good, ["float8", "text", "text"])          # field count
+
+
+def test_unsupported_columns_of_a_real_relation_are_refused(conn):
+    conn.execute("CREATE TEMP TABLE pp_bad (ok int, doc jsonb, id uuid, pay money, tags text[])")
+    rows = conn.execute(RELATION_COLUMNS_SQL.replace("$1", "%s"), ("pp_bad",)).fetchall()
+    for name, oid, type_name, enum in rows[1:]:
+        with pytest.raises(PgError) as err:
+            C.column_kind(name, oid, type_name, enum=enum)
+        assert f'"{name}"' in err.value.message and err.value.hint
+    assert kinds_from_rows(rows, exclude=["doc", "id", "pay", "tags"])[0].kind == C.NUMERIC
 
 
 def test_canonical_sql_quotes_names():

@@ -77,3 +77,33 @@ def select_canonical(relation: str, columns: Sequence[ColumnKind], *, alias: str
 def copy_query(relation: str, columns: Sequence[ColumnKind], **kw) -> str:
     """The whole COPY statement: COPY (SELECT …) TO STDOUT (FORMAT binary)."""
     return f"COPY ({select_canonical(relation, columns, **kw)}) TO STDOUT (FORMAT binary)"
+
+
+# The columns of a relation with domains resolved to their base type (nested domains too, the
+# outermost domain's typmod kept: a domain over numeric(10,2)) and enums flagged: one row per
+# column, (name, base type oid, format_type of the base type, is_enum), in column order. Run with
+# the relation name as $1 (e.g. executor.fetch(RELATION_COLUMNS_SQL, 'pgml.snapshot_7')), then
+# kinds_from_rows(rows).
+RELATION_COLUMNS_SQL = """
+WITH RECURSIVE chain(attnum, attname, typid, typmod, depth) AS (
+    SELECT a.attnum, a.attname, a.atttypid, a.atttypmod, 0
+    FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped
+  UNION ALL
+    SELECT c.attnum, c.attname, t.typbasetype, CASE WHEN c.typmod = -1 THEN t.typtypmod ELSE c.typmod END,
+           c.depth + 1
+    FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.typid
+    WHERE t.typtype = 'd'
+)
+SELECT DISTINCT ON (c.attnum) c.attname::text, c.typid::int8,
+       pg_catalog.format_type(c.typid, nullif(c.typmod, -1)), t.typtype = 'e'
+FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.typid
+ORDER BY c.attnum, c.depth DESC
+"""
+
+
+def kinds_from_rows(rows, exclude: Sequence[str] = ()) -> list[ColumnKind]:
+    """ColumnKinds from RELATION_COLUMNS_SQL rows, leaving out `exclude` (the label columns)."""
+    from .columns import column_kind
+    return [column_kind(name, int(oid), type_name, enum=bool(enum))
+            for name, oid, type_name, enum in rows if name not in exclude]
