@@ -449,3 +449,13 @@ def test_fortran_order_and_numeric_inputs():
     with pytest.raises(PgError) as err:
         p.transform_numbers(np.zeros((1, len(p.input_names()))))
     assert err.value.sqlstate == "42804" and "row" in err.value.hint
+
+
+def test_bad_ordinal_for_a_number_and_bad_label():
+    k = [column_kind("n", 23)]
+    with pytest.raises(PgError) as err:
+        Preprocessor(k).fit({"n": [1, 2]}, None, spec=parse_preprocess({"n": {"encode": {"ordinal": ["a"]}}}, k))
+    assert err.value.sqlstate == "22023" and '"n"' in err.value.message
+    with pytest.raises(PgError) as err:
+        Preprocessor(k).fit({"n": [1, 2]}, [1.0, np.nan], task="regression")
+    assert err.value.sqlstate == "22004"

@@ -74,7 +74,7 @@ _CALENDAR = {"timestamp": ("dow", "month", "day", "hour"), "timestamptz": ("dow"
 
 def needs_scaling(algorithm: str | None) -> bool:
     """Whether an algorithm is sensitive to feature scale (so standard scaling is the default)."""
-    return bool(algorithm) and algorithm.lower().replace("-", "_") in _SCALED_ALGORITHMS
+    return bool(algorithm) and algorithm.strip().lower().replace("-", "_") in _SCALED_ALGORITHMS
 
 
 # ---------------------------------------------------------------- the preprocessor
@@ -350,8 +350,11 @@ def _target(y, n: int, task: str | None, settings: dict):
         y = y[:, 0]            # joint regression: the first label, as PostgresML
     if len(y) != n:
         raise ValueError(f"y has {len(y)} rows, the columns {n}")
+    if not np.isfinite(y).all():
+        raise PgError(sqlstate.NULL_VALUE_NOT_ALLOWED, "the label has NULL or non-finite values in the training rows",
+                      hint="Train on the rows that have a label (a view with WHERE label IS NOT NULL).")
     if task == "classification":
-        classes = int(np.nanmax(y)) + 1 if len(y) else 0
+        classes = int(y.max()) + 1 if len(y) else 0
         return ("classes", y, classes)
     return ("regression", y)
 
@@ -585,8 +588,6 @@ class _Categorical(_Column):
             raise PgError(sqlstate.INVALID_PARAMETER_VALUE,
                           f'column "{kind.name}": target encoding needs a label, and this training has none',
                           hint='Use "encode": "one_hot" or "ordinal" instead.')
-        if encoding == "target" and target[0] == "classes" and target[2] > settings["multiclass_target_limit"]:
-            encoding = "target"     # asked for explicitly: one column per class anyway
         self.encoding = encoding
         # vocabulary
         if encoding == "ordinal":
@@ -664,7 +665,12 @@ class _Categorical(_Column):
     def _key(self, v):
         if self.text:
             return (v if isinstance(v, str) else str(v)).encode("utf-8")
-        return float(v)
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            raise PgError(sqlstate.INVALID_PARAMETER_VALUE,
+                          f'column "{self.kind.name}" is {self.kind.type_name}: its ordinal values must be numbers, '
+                          f"not {v!r}") from None
 
     def _shown(self, key) -> Any:
         if self.text:

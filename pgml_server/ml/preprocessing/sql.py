@@ -61,17 +61,18 @@ def wire_types(columns: Sequence[ColumnKind]) -> list[str]:
 
 
 def select_canonical(relation: str, columns: Sequence[ColumnKind], *, alias: str = "s",
-                     where: str | None = None) -> str:
+                     where: str | None = None, order_by: str | None = None) -> str:
     """SELECT of every column's canonical expression from `relation` (already quoted, e.g. pgml.snapshot_7).
 
     Run it as COPY (<this>) TO STDOUT (FORMAT binary) and decode with
-    decode_copy(data, wire_types(columns), [c.name for c in columns]).
+    decode_copy(data, wire_types(columns), [c.name for c in columns]). `where` and `order_by` are
+    SQL text (the caller's own, never user input), e.g. order_by="ctid" or a key column.
     """
     if not columns:
         raise ValueError("no columns to select")
     exprs = ", ".join(canonical_expr(c, alias) for c in columns)
     sql = f"SELECT {exprs} FROM {relation} {alias}"
-    return sql + (f" WHERE {where}" if where else "")
+    return sql + (f" WHERE {where}" if where else "") + (f" ORDER BY {order_by}" if order_by else "")
 
 
 def copy_query(relation: str, columns: Sequence[ColumnKind], **kw) -> str:
