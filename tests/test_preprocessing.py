@@ -277,6 +277,7 @@ def test_target_encoding_binary_and_multiclass():
     assert p.feature_names() == ["c.target[0]", "c.target[1]", "c.target[2]"]
     X = p.transform({"c": cats})
     np.testing.assert_allclose(X.sum(axis=1), 1)                        # per-class probabilities
+    np.testing.assert_allclose(p.fit_transform({"c": cats}, y3, task="classification").sum(axis=1), 1)
     assert X[0, 0] == pytest.approx(1.0 * 20 / 25 + 5 * (1 / 3) / 25)   # c0 rows are all class 0
     y2 = (y3 == 1).astype(float)
     p2 = Preprocessor([column_kind("c", 25)]).fit({"c": cats}, y2, task="classification")
@@ -459,3 +460,24 @@ def test_bad_ordinal_for_a_number_and_bad_label():
     with pytest.raises(PgError) as err:
         Preprocessor(k).fit({"n": [1, 2]}, [1.0, np.nan], task="regression")
     assert err.value.sqlstate == "22004"
+
+
+def test_fit_transform_cross_fits_target_encoding():
+    rng = np.random.default_rng(1)
+    n = 2000
+    noise = [f"id{i}" for i in rng.integers(0, 300, n)]                  # ~7 rows per value, no signal
+    y = rng.normal(size=n)
+    k = [column_kind("noise", 25), column_kind("x", 701)]
+    cols = {"noise": noise, "x": y * 0 + rng.normal(size=n)}
+    pre = Preprocessor(k)
+    X_cf = pre.fit_transform(cols, y, task="regression", algorithm="xgboost")
+    X_in = pre.transform(cols)
+    np.testing.assert_array_equal(X_cf[:, 1], X_in[:, 1])                 # no label, no difference
+    in_sample = np.corrcoef(X_in[:, 0], y)[0, 1]
+    cross = np.corrcoef(X_cf[:, 0], y)[0, 1]
+    assert in_sample > 0.3 and abs(cross) < 0.1                          # the leak, and its absence
+    again = Preprocessor(k).fit_transform(cols, y, task="regression", algorithm="xgboost")
+    np.testing.assert_array_equal(again, X_cf)                           # reproducible
+    np.testing.assert_array_equal(Preprocessor(k).fit_transform(cols, y, task="regression", cross_fit=0), X_in)
+    p2 = Preprocessor(k).fit(cols, y, task="regression", algorithm="ridge", spec={"noise": ColumnSpec(impute="mean")})
+    assert p2.fit_transform(cols, y, task="regression", algorithm="ridge").shape == (n, 2)

@@ -32,8 +32,11 @@ can be encoded as categories too (their distinct values are the categories). Sta
 imputing and scaling come from the rows given to `fit` only; scaling statistics are taken after
 imputing and encoding, so the training matrix is exactly standardised.
 
-Target encoding is fitted and applied on the same training rows (no out-of-fold fitting); the
-smoothing and the frequency cut-off limit, but do not remove, the optimism this gives.
+Target encoding leaks a row's own label into its feature when a table fitted on the training rows
+encodes those same rows. `fit_transform` therefore cross-fits: each training row's target features
+come from a table fitted on the other CROSS_FIT_FOLDS - 1 folds (seeded, so reproducible); test
+and predict rows use the table fitted on all training rows (`transform`). Train the model on
+fit_transform's matrix, score it on transform's.
 """
 from __future__ import annotations
 
@@ -54,6 +57,7 @@ ONE_HOT_LIMIT = 10
 MIN_FREQUENCY = 5
 SMOOTHING = 5.0
 MULTICLASS_TARGET_LIMIT = 10
+CROSS_FIT_FOLDS = 5          # out-of-fold target encoding of the training matrix (fit_transform)
 TOP_CATEGORIES = 20          # categories listed in analysis()
 VERSION = 1
 
@@ -196,8 +200,20 @@ class Preprocessor:
                           f"got {len(values)}")
         return self.transform({k.name: [v] for k, v in zip(self.kinds, values)})
 
-    def fit_transform(self, columns, y=None, **kw) -> np.ndarray:
-        return self.fit(columns, y, **kw).transform(columns)
+    def fit_transform(self, columns: Mapping[str, Any], y=None, *, task: str | None = None,
+                      algorithm: str | None = None, spec: Mapping[str, ColumnSpec] | None = None,
+                      cross_fit: int = CROSS_FIT_FOLDS, order: str = "C") -> np.ndarray:
+        """fit, then the TRAINING matrix — use it to train the model. Target-encoded columns are
+        cross-fitted here (out-of-fold, `cross_fit` folds; 0 or 1 = in-sample like transform):
+        a row's own label never feeds its own feature, so the model does not learn a leak. The
+        fitted tables (used by transform for test and predict rows) are the full-data ones."""
+        self.fit(columns, y, task=task, algorithm=algorithm, spec=spec)
+        data = self._inputs(columns)
+        target = _target(y, _rows(data, self.kinds), task, self.settings)
+        blocks = [c.cross_fitted(v, target, cross_fit) if isinstance(c, _Categorical) else c.transform(v)
+                  for c, v in zip(self._columns, data)]
+        out = np.hstack(blocks) if blocks else np.empty((self.rows, 0))
+        return np.asfortranarray(out) if order == "F" else out
 
     # ------------------------------------------------------------ what came out
 
@@ -628,20 +644,53 @@ class _Categorical(_Column):
             table = (code_counts / n)[:, None]
         else:  # target
             table, self.features = self._target_table(codes, code_counts, target, m)
-        # impute NULL (when asked): fold into the table's NULL row
-        if self.impute == "mode" and len(uniq):
-            table[m] = table[self._codes(uniq[[int(np.argmax(counts))]], np.zeros(1, bool))[0]]
+        self.mode_code = int(self._codes(uniq[[int(np.argmax(counts))]], np.zeros(1, bool))[0]) if len(uniq) else None
+        table = self._impute_null(table, codes, null)
+        # scale (never one-hot): statistics of the training rows' outputs, folded into the table
+        self.scale = "preserve" if encoding == "one_hot" else (spec.scale or scale_default)
+        train = table[codes]
+        self.center, self.spread = [], []
+        for j in range(table.shape[1]):
+            center, spread = _scaler(train[:, j], self.scale)
+            self.center.append(center)
+            self.spread.append(spread)
+        self.table = self._scaled(table)
+
+    def _impute_null(self, table: np.ndarray, codes: np.ndarray, null: np.ndarray) -> np.ndarray:
+        """The NULL row of the table when `impute` is asked for (else NULL stays its own category)."""
+        m = len(self.vocab)
+        if self.impute == "mode" and self.mode_code is not None:
+            table[m] = table[self.mode_code]
         elif self.impute in ("mean", "median", "min", "max", "zero"):
             train = table[codes[~null]]
             table[m] = [_fill_value(_stats(train[:, j]), self.impute) for j in range(table.shape[1])]
-        # scale (never one-hot): statistics of the training rows' outputs
-        self.scale = "preserve" if encoding == "one_hot" else (spec.scale or scale_default)
-        if self.scale != "preserve":
-            train = table[codes]
-            for j in range(table.shape[1]):
-                center, spread = _scaler(train[:, j], self.scale)
-                table[:, j] = (table[:, j] - center) / spread
-        self.table = table
+        return table
+
+    def _scaled(self, table: np.ndarray) -> np.ndarray:
+        if self.scale == "preserve":
+            return table
+        return (table - np.asarray(self.center)) / np.asarray(self.spread)
+
+    def cross_fitted(self, values, target, folds: int, seed: int = 0) -> np.ndarray:
+        """Out-of-fold target encoding of the TRAINING rows: each row is encoded by a table fitted on
+        the other folds (same vocabulary, smoothing and scaling), so its own label does not leak
+        into its feature. Other encodings use no label: the plain transform."""
+        keys, null = self._keys(values)
+        n = len(keys)
+        if self.encoding != "target" or target is None or folds < 2 or n < 2:
+            return self.transform(values)
+        codes = self._codes(keys, null)
+        fold = np.random.default_rng(seed).permutation(n) % min(folds, n)
+        out = np.empty((n, self.table.shape[1]))
+        m = len(self.vocab)
+        for k in range(min(folds, n)):
+            inside, others = fold == k, fold != k
+            sub = (target[0], target[1][others]) + tuple(target[2:])
+            table, _ = self._target_table(codes[others], np.bincount(codes[others], minlength=m + 2).astype(np.float64),
+                                          sub, m)
+            table = self._impute_null(table, codes[others], null[others])
+            out[inside] = self._scaled(table)[codes[inside]]
+        return out
 
     def _target_table(self, codes, code_counts, target, m):
         kind, s = self.kind, self.settings["smoothing"]
@@ -696,7 +745,8 @@ class _Categorical(_Column):
         return _clean({"transform": "categorical", "kind": self.kind.to_json(), "spec": self.spec.to_json(),
                        "settings": self.settings, "text": self.text, "vocab": vocab, "table": self.table.tolist(),
                        "encoding": self.encoding, "impute": self.impute, "scale": self.scale,
-                       "features": self.features, "nulls": self.nulls, "distinct": self.distinct, "top": self.top})
+                       "features": self.features, "nulls": self.nulls, "distinct": self.distinct, "top": self.top,
+                       "center": self.center, "spread": self.spread, "mode_code": self.mode_code})
 
     def load(self, obj: dict) -> None:
         self.kind, self.spec, self.settings = ColumnKind.from_json(obj["kind"]), ColumnSpec.from_json(obj["spec"]), \
@@ -710,3 +760,4 @@ class _Categorical(_Column):
         self.table = np.array([_floats(r) for r in obj["table"]], dtype=np.float64).reshape(len(self.vocab) + 2, -1)
         self.encoding, self.impute, self.scale = obj["encoding"], obj["impute"], obj["scale"]
         self.features, self.nulls, self.distinct, self.top = obj["features"], obj["nulls"], obj["distinct"], obj["top"]
+        self.center, self.spread, self.mode_code = obj["center"], obj["spread"], obj["mode_code"]
