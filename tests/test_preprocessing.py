@@ -323,6 +323,9 @@ def test_categorical_impute(impute):
     train = p.transform({"c": [c for c in cats if c is not None]})[:, 0]
     expected = {"mode": table[1], "mean": train.mean(), "zero": 0.0}[impute]
     assert table[0] == pytest.approx(expected)
+    few = Preprocessor(k).fit({"c": ["a", "b", "a", None]}, None, spec={"c": ColumnSpec(impute=impute)})
+    assert few.feature_names() == ["c=a", "c=b"]                        # imputed: no NULL column
+    assert list(few.transform_row([None])[0]) == {"mode": [1, 0], "mean": [2 / 3, 1 / 3], "zero": [0, 0]}[impute]
 
 
 def test_one_row_equals_the_same_row_in_a_batch():

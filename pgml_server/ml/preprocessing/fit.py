@@ -628,9 +628,10 @@ class _Categorical(_Column):
         # the table: one output row per code
         if encoding == "one_hot":
             self.features = [f"{kind.name}={self._shown(v)}" for v in self.vocab]
-            table = np.zeros((m + 2, m + (1 if self.nulls else 0)))
+            null_column = bool(self.nulls) and self.impute is None      # NULL as its own category
+            table = np.zeros((m + 2, m + null_column))
             table[np.arange(m), np.arange(m)] = 1.0
-            if self.nulls:
+            if null_column:
                 self.features.append(f"{kind.name}=NULL")
                 table[m, m] = 1.0
         elif encoding == "ordinal":
@@ -648,10 +649,10 @@ class _Categorical(_Column):
         table = self._impute_null(table, codes, null)
         # scale (never one-hot): statistics of the training rows' outputs, folded into the table
         self.scale = "preserve" if encoding == "one_hot" else (spec.scale or scale_default)
-        train = table[codes]
+        train = table[codes] if self.scale != "preserve" else None
         self.center, self.spread = [], []
         for j in range(table.shape[1]):
-            center, spread = _scaler(train[:, j], self.scale)
+            center, spread = _scaler(train[:, j], self.scale) if train is not None else (0.0, 1.0)
             self.center.append(center)
             self.spread.append(spread)
         self.table = self._scaled(table)
