@@ -10,23 +10,24 @@ The data path (the caller — pgml.train and the predict paths — wires these t
 3. `decode_copy(data, wire_types(kinds), names)` → one array per column (float64 with NaN,
    TextColumn, (n, k) float64).
 4. `parse_preprocess(preprocess_jsonb, kinds)` → {column: ColumnSpec};
-   `Preprocessor(kinds).fit(train_columns, y_train, task=…, algorithm=…, spec=…)` on the TRAINING
-   rows only; `transform(columns)` for train/test/predict batches, `transform_row(values)` for one
+   `Preprocessor(kinds).fit_transform(train_columns, y_train, task=…, algorithm=…, spec=…)` on the
+   TRAINING rows only (target encoding cross-fitted); `transform(columns)` for train/test/predict batches, `transform_row(values)` for one
    predict row of Python values; `feature_names()`, `feature_sources()`, `num_features`,
    `analysis()` (JSON for pgml.snapshots), `to_json()`/`from_json()`, and it pickles.
 5. Labels: `infer_task(label_kind, distinct)`, `Labels.fit(y, kind)` → classes, `encode`, `decode`.
 
-See README.md in this folder for the integration contract.
+See README.md in this folder for the integration contract (what the caller passes, what it gets).
 """
 from .columns import ARRAY, BOOLEAN, CATEGORICAL, KINDS, NUMERIC, TEMPORAL, ColumnKind, column_kind
 from .decode import TextColumn, decode_copy
 from .fit import Preprocessor, needs_scaling
 from .labels import Labels, infer_task
 from .spec import ColumnSpec, parse_preprocess
-from .sql import canonical_expr, copy_query, quote_ident, select_canonical, wire_types
+from .sql import (RELATION_COLUMNS_SQL, canonical_expr, copy_query, kinds_from_rows, quote_ident, select_canonical,
+                  wire_types)
 
 __all__ = [
     "ARRAY", "BOOLEAN", "CATEGORICAL", "KINDS", "NUMERIC", "TEMPORAL", "ColumnKind", "column_kind",
     "TextColumn", "decode_copy", "Preprocessor", "needs_scaling", "Labels", "infer_task", "ColumnSpec",
-    "parse_preprocess", "canonical_expr", "copy_query", "quote_ident", "select_canonical", "wire_types",
+    "parse_preprocess", "RELATION_COLUMNS_SQL", "kinds_from_rows", "canonical_expr", "copy_query", "quote_ident", "select_canonical", "wire_types",
 ]
