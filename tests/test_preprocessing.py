@@ -162,7 +162,8 @@ def test_automatic_choices_and_names():
                                                                "encode": "native"}
     assert by["city"]["preprocess"]["encode"] == "one_hot" and by["city"]["distinct"] == 4
     assert by["many"]["preprocess"]["encode"] == "target" and by["many"]["top_categories"][0][1] >= 5
-    assert set(by["x"]["statistics"]) >= {"mean", "min", "max", "p25", "median", "p75", "std"}
+    assert set(by["x"]["statistics"]) >= {"mean", "min", "max", "p25", "median", "p75", "std", "histogram"}
+    assert sum(by["x"]["statistics"]["histogram"]["counts"]) == 200 - 12
 
 
 def test_calendar_parts_match_python():
@@ -401,6 +402,8 @@ def test_decoded_text_columns_are_accepted():
     p = Preprocessor(k).fit({"c": col}, None)
     np.testing.assert_array_equal(p.transform({"c": col}), p.transform({"c": ["a", None, "b", "a"]}))
     assert TextColumn.from_values([True, 3]).tolist() == ["true", "3"]
+    assert col[1:].tolist() == [None, "b", "a"] and col[np.array([3, 0])].tolist() == ["a", "a"]
+    assert col[col.null].tolist() == [None] and col[2].tolist() == ["b"] and len(col[-1]) == 1
 
 
 # ---------------------------------------------------------------- labels

@@ -38,10 +38,7 @@ def snapshot(upstream):
 
 
 def split(cols, n_train):
-    def take(v, sl):
-        return type(v)(v.values[sl], v.null[sl]) if hasattr(v, "null") else v[sl]
-    return ({k: take(v, slice(0, n_train)) for k, v in cols.items()},
-            {k: take(v, slice(n_train, None)) for k, v in cols.items()})
+    return ({k: v[:n_train] for k, v in cols.items()}, {k: v[n_train:] for k, v in cols.items()})
 
 
 def test_regression_on_a_real_table(snapshot):

@@ -65,6 +65,12 @@ class TextColumn:
     def __len__(self) -> int:
         return len(self.null)
 
+    def __getitem__(self, index) -> "TextColumn":
+        """Rows by slice, index array or bool mask (a train/test split), as a TextColumn."""
+        if isinstance(index, (int, np.integer)):
+            index = slice(index, index + 1 if index != -1 else None)
+        return TextColumn(self.values[index], self.null[index])
+
     def tolist(self) -> list[str | None]:
         return [None if n else bytes(v).decode("utf-8", "replace")
                 for v, n in zip(self.values.tolist(), self.null.tolist())]

@@ -59,6 +59,7 @@ SMOOTHING = 5.0
 MULTICLASS_TARGET_LIMIT = 10
 CROSS_FIT_FOLDS = 5          # out-of-fold target encoding of the training matrix (fit_transform)
 TOP_CATEGORIES = 20          # categories listed in analysis()
+HISTOGRAM_BINS = 20          # equal-width bins of numeric statistics (dashboard, drift)
 VERSION = 1
 
 _SCALED_ALGORITHMS = {
@@ -384,9 +385,11 @@ def _stats(x: np.ndarray) -> dict:
         return {"count": 0}
     q = np.percentile(good, [25, 50, 75])
     values, counts = np.unique(good, return_counts=True)
+    bins, edges = np.histogram(good, bins=HISTOGRAM_BINS)
     return {"count": int(len(good)), "mean": float(good.mean()), "std": float(good.std()),
             "min": float(good.min()), "max": float(good.max()), "p25": float(q[0]), "median": float(q[1]),
-            "p75": float(q[2]), "mode": float(values[np.argmax(counts)]), "distinct": int(len(values))}
+            "p75": float(q[2]), "mode": float(values[np.argmax(counts)]), "distinct": int(len(values)),
+            "histogram": {"edges": edges.tolist(), "counts": bins.tolist()}}
 
 
 def _fill_value(stats: dict, how: str) -> float:
