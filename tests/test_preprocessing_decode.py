@@ -19,18 +19,18 @@ CREATE DOMAIN pp_pos AS numeric(10,2) CHECK (VALUE >= 0);
 CREATE DOMAIN pp_pos2 AS pp_pos;
 CREATE TABLE pp_all (
   "i2" int2, "i4" int4, "i8" int8, "f4" real, "f8" float8, "num" numeric(10,2), "dom" pp_pos2, "o" oid,
-  "b" bool, "t" text, "vc" varchar(10), "ch" char(3), "nm" name, "mood" pp_mood,
+  "b" bool, "t" text, "vc" varchar(10), "ch" char(3), "c1" "char", "nm" name, "mood" pp_mood,
   "d" date, "ts" timestamp, "tstz" timestamptz, "tm" time, "tmtz" timetz, "iv" interval,
   "ra" real[], "ia" int[], "ba" bool[], "na" numeric[],
   "Odd ""name"" x" int4
 );
 INSERT INTO pp_all VALUES
- (1, 2, 3, 1.5, 2.25, 12.34, 5.5, 7, true, 'Paris', 'ab', 'x', 'nm1', 'happy',
+ (1, 2, 3, 1.5, 2.25, 12.34, 5.5, 7, true, 'Paris', 'ab', 'x', 'q', 'nm1', 'happy',
   '2024-03-15', '2024-03-15 13:45:30', '2024-03-15 13:45:30+02', '13:45:30', '13:45:30+02', '1 mon 2 days 03:00:04',
   '{1.5,2.5}', '{1,2,3}', '{true,false}', '{1.25,2}', 42),
- (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+ (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
   NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
- (-4, -5, 9000000000, 'NaN', '-Infinity', -0.5, 0, 0, false, 'Zürich ✓', '', 'abc', 'n', 'sad',
+ (-4, -5, 9000000000, 'NaN', '-Infinity', -0.5, 0, 0, false, 'Zürich ✓', '', 'abc', 'z', 'n', 'sad',
   '1969-12-31', '1970-01-01 00:00:00', '1970-01-01 00:00:00+00', '00:00:00', '00:00:00-01', '-1 year',
   '{NULL,4}', '{4,5,6}', '{NULL,true}', '{3,NULL}', 0);
 """
@@ -74,6 +74,7 @@ def test_every_type_with_nulls_decodes(conn):
     assert cols["t"].tolist() == ["Paris", None, "Zürich ✓"]
     assert cols["vc"].tolist() == ["ab", None, ""]                       # '' is not NULL
     assert cols["ch"].tolist() == ["x", None, "abc"]                     # char(n)::text drops the padding
+    assert cols["c1"].tolist() == ["q", None, "z"]
     assert cols["mood"].tolist() == ["happy", None, "sad"]
     assert cols["nm"].tolist() == ["nm1", None, "n"]
     day = 19797 * 86400.0                                                # 2024-03-15
