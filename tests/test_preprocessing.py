@@ -487,3 +487,14 @@ def test_fit_transform_cross_fits_target_encoding():
     np.testing.assert_array_equal(Preprocessor(k).fit_transform(cols, y, task="regression", cross_fit=0), X_in)
     p2 = Preprocessor(k).fit(cols, y, task="regression", algorithm="ridge", spec={"noise": ColumnSpec(impute="mean")})
     assert p2.fit_transform(cols, y, task="regression", algorithm="ridge").shape == (n, 2)
+
+
+def test_statistics_match_numpy():
+    x = np.random.default_rng(3).normal(size=1001).round(1)
+    x[::10] = np.nan
+    s = F._stats(x)
+    good = x[np.isfinite(x)]
+    np.testing.assert_allclose([s["p25"], s["median"], s["p75"]], np.percentile(good, [25, 50, 75]))
+    values, counts = np.unique(good, return_counts=True)
+    assert s["mode"] == values[np.argmax(counts)] and s["distinct"] == len(values)
+    assert F._stats(np.array([2.0, 2.0]))["histogram"]["counts"][10] == 2 and F._stats(np.array([np.nan])) == {"count": 0}

@@ -144,16 +144,19 @@ class Preprocessor:
         """
         self._check_fitted()
         data = self._inputs(columns)
-        n = _rows(data, self.kinds)
+        return self._assemble([col.transform(values) for col, values in zip(self._columns, data)],
+                              _rows(data, self.kinds), order)
+
+    def _assemble(self, blocks: list[np.ndarray], n: int, order: str) -> np.ndarray:
         out = np.empty((self.num_features, n), dtype=np.float64) if order == "F" else \
             np.empty((n, self.num_features), dtype=np.float64)
         at = 0
-        for col, values in zip(self._columns, data):
-            width = len(col.features)
+        for block in blocks:
+            width = block.shape[1]
             if order == "F":
-                out[at:at + width] = col.transform(values).T
+                out[at:at + width] = block.T
             else:
-                out[:, at:at + width] = col.transform(values)
+                out[:, at:at + width] = block
             at += width
         return out.T if order == "F" else out
 
@@ -213,8 +216,7 @@ class Preprocessor:
         target = _target(y, _rows(data, self.kinds), task, self.settings)
         blocks = [c.cross_fitted(v, target, cross_fit) if isinstance(c, _Categorical) else c.transform(v)
                   for c, v in zip(self._columns, data)]
-        out = np.hstack(blocks) if blocks else np.empty((self.rows, 0))
-        return np.asfortranarray(out) if order == "F" else out
+        return self._assemble(blocks, self.rows, order)
 
     # ------------------------------------------------------------ what came out
 
@@ -379,17 +381,27 @@ def _target(y, n: int, task: str | None, settings: dict):
 # ---------------------------------------------------------------- statistics
 
 def _stats(x: np.ndarray) -> dict:
-    """Statistics of the finite values of x (1-D)."""
-    good = x[np.isfinite(x)]
-    if len(good) == 0:
+    """Statistics of the finite values of x (1-D), from one sort."""
+    good = np.sort(x[np.isfinite(x)])
+    n = len(good)
+    if n == 0:
         return {"count": 0}
-    q = np.percentile(good, [25, 50, 75])
-    values, counts = np.unique(good, return_counts=True)
-    bins, edges = np.histogram(good, bins=HISTOGRAM_BINS)
-    return {"count": int(len(good)), "mean": float(good.mean()), "std": float(good.std()),
-            "min": float(good.min()), "max": float(good.max()), "p25": float(q[0]), "median": float(q[1]),
-            "p75": float(q[2]), "mode": float(values[np.argmax(counts)]), "distinct": int(len(values)),
+    q = [_quantile(good, p) for p in (0.25, 0.5, 0.75)]
+    starts = np.flatnonzero(np.concatenate(([True], good[1:] != good[:-1])))
+    counts = np.diff(np.append(starts, n))
+    bins, edges = np.histogram(good, bins=HISTOGRAM_BINS, range=(good[0], good[-1]))
+    return {"count": int(n), "mean": float(good.mean()), "std": float(good.std()),
+            "min": float(good[0]), "max": float(good[-1]), "p25": q[0], "median": q[1], "p75": q[2],
+            "mode": float(good[starts[np.argmax(counts)]]), "distinct": int(len(starts)),
             "histogram": {"edges": edges.tolist(), "counts": bins.tolist()}}
+
+
+def _quantile(ordered: np.ndarray, p: float) -> float:
+    """np.percentile's default (linear) interpolation, on already sorted values."""
+    at = p * (len(ordered) - 1)
+    lo = int(math.floor(at))
+    hi = min(lo + 1, len(ordered) - 1)
+    return float(ordered[lo] + (ordered[hi] - ordered[lo]) * (at - lo))
 
 
 def _fill_value(stats: dict, how: str) -> float:
