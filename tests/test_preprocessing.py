@@ -498,3 +498,21 @@ def test_statistics_match_numpy():
     values, counts = np.unique(good, return_counts=True)
     assert s["mode"] == values[np.argmax(counts)] and s["distinct"] == len(values)
     assert F._stats(np.array([2.0, 2.0]))["histogram"]["counts"][10] == 2 and F._stats(np.array([np.nan])) == {"count": 0}
+
+
+def test_affine_form_and_take_rows():
+    from pgml_server.ml.preprocessing import take_rows
+    k = [column_kind("x", 701), column_kind("b", 16), column_kind("v", 1021), column_kind("iv", 1186)]
+    cols = {"x": np.array([1.0, np.nan, 4.0]), "b": [True, None, False], "v": np.array([[1, 2], [3, np.nan], [5, 6.0]]),
+            "iv": [1.0, 2.0, 30.0]}
+    for algorithm in ("ridge", "xgboost"):
+        p = Preprocessor(k).fit(cols, None, algorithm=algorithm)
+        fill, center, spread = p.affine()
+        X = np.array([[np.nan, 1, 2, np.inf, 3], [0, np.nan, 1, 1, -np.inf]])
+        Xa = np.where(np.isfinite(X), X, fill)
+        np.testing.assert_array_equal(p.transform_numbers(X), (Xa - center) / spread)
+    assert Preprocessor([column_kind("t", 1184)]).fit({"t": [0.0]}, None).affine() is None
+    assert Preprocessor([column_kind("c", 25)]).fit({"c": ["a"]}, None).affine() is None
+    part = take_rows({**cols, "c": TextColumn.from_values(["a", "b", None])}, np.array([2, 0]))
+    assert part["b"] == [False, True]
+    assert part["c"].tolist() == [None, "a"] and part["v"].tolist() == [[5, 6], [1, 2]]

@@ -20,7 +20,7 @@ See README.md in this folder for the integration contract (what the caller passe
 """
 from .columns import ARRAY, BOOLEAN, CATEGORICAL, KINDS, NUMERIC, TEMPORAL, ColumnKind, column_kind
 from .decode import TextColumn, decode_copy
-from .fit import Preprocessor, needs_scaling
+from .fit import Preprocessor, needs_scaling, take_rows
 from .labels import Labels, infer_task
 from .spec import ColumnSpec, parse_preprocess
 from .sql import (RELATION_COLUMNS_SQL, canonical_expr, copy_query, kinds_from_rows, quote_ident, select_canonical,
@@ -28,6 +28,6 @@ from .sql import (RELATION_COLUMNS_SQL, canonical_expr, copy_query, kinds_from_r
 
 __all__ = [
     "ARRAY", "BOOLEAN", "CATEGORICAL", "KINDS", "NUMERIC", "TEMPORAL", "ColumnKind", "column_kind",
-    "TextColumn", "decode_copy", "Preprocessor", "needs_scaling", "Labels", "infer_task", "ColumnSpec",
+    "TextColumn", "decode_copy", "Preprocessor", "needs_scaling", "take_rows", "Labels", "infer_task", "ColumnSpec",
     "parse_preprocess", "RELATION_COLUMNS_SQL", "kinds_from_rows", "canonical_expr", "copy_query", "quote_ident", "select_canonical", "wire_types",
 ]

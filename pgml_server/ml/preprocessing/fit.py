@@ -160,6 +160,22 @@ class Preprocessor:
             at += width
         return out.T if order == "F" else out
 
+    def affine(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(fill, center, spread) when the features are the flat numeric inputs imputed and scaled
+        elementwise — every column numeric, boolean, time/timetz/interval or an array, none
+        encoded as a category, no calendar parts, no impute "error" — else None. Then
+        transform_numbers(X) == (where(isnan(X), fill, X) - center) / spread exactly (±Infinity
+        counts as missing too), which a compiled plan can apply (or fold into linear weights)
+        without calling the preprocessor; with no scaling center is 0 and spread 1."""
+        fill, center, spread = [], [], []
+        for c in self._columns:
+            if not isinstance(c, _Numeric) or c.parts or c.impute == "error":
+                return None
+            fill += c.fill
+            center += c.center if c.scale != "preserve" else [0.0] * len(c.features)
+            spread += c.spread if c.scale != "preserve" else [1.0] * len(c.features)
+        return np.array(fill, dtype=np.float64), np.array(center, dtype=np.float64), np.array(spread, dtype=np.float64)
+
     def input_names(self) -> list[str]:
         """The inputs of a flat numeric feature array, in order: one per column, k per array column (v[1]…)."""
         return [n for c in self._columns for n in c.inputs()]
@@ -282,6 +298,17 @@ class Preprocessor:
             raise PgError(sqlstate.UNDEFINED_COLUMN, f'column "{missing[0]}" is missing from the input',
                           hint="The model takes " + ", ".join(f'"{k.name}"' for k in self.kinds) + ".")
         return [_convert(k, columns[k.name]) for k in self.kinds]
+
+
+def take_rows(columns: Mapping[str, Any], index) -> dict[str, Any]:
+    """The rows `index` (slice, index array or bool mask) of every decoded column: a train/test split."""
+    out = {}
+    for name, values in columns.items():
+        if isinstance(values, (TextColumn, np.ndarray)):
+            out[name] = values[index]
+        else:
+            out[name] = np.asarray(values, dtype=object)[index].tolist()
+    return out
 
 
 # ---------------------------------------------------------------- input conversion
