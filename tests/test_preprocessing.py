@@ -516,3 +516,26 @@ def test_affine_form_and_take_rows():
     part = take_rows({**cols, "c": TextColumn.from_values(["a", "b", None])}, np.array([2, 0]))
     assert part["b"] == [False, True]
     assert part["c"].tolist() == [None, "a"] and part["v"].tolist() == [[5, 6], [1, 2]]
+
+
+def test_postgresml_shaped_columns():
+    spec = parse_preprocess({"city": {"encode": {"ordinal": ["Oslo", "Paris", "Rome", "Zürich"]}}}, kinds())
+    p, cols, _ = fitted(spec=spec)
+    out = p.postgresml_columns()
+    json.dumps(out, allow_nan=False)
+    by = {c["name"]: c for c in out}
+    x = by["x"]
+    assert (x["pg_type"], x["nullable"], x["label"], x["position"], x["size"], x["array"]) == ("float8", True, False, 1,
+                                                                                              1, False)
+    assert x["preprocessor"] == {"encode": "native", "impute": "mean", "scale": "preserve"}
+    assert x["statistics"]["missing"] == 12 and len(x["statistics"]["ventiles"]) == 19
+    assert len(x["statistics"]["histogram"]) == 20 and x["statistics"]["variance"] == pytest.approx(
+        np.nanvar(cols["x"]))
+    assert by["v"]["size"] == 3 and by["v"]["array"]
+    city = by["city"]
+    assert city["preprocessor"]["encode"] == {"ordinal": ["Oslo", "Paris", "Rome", "Zürich"]}
+    cats = city["statistics"]["categories"]
+    assert cats["Oslo"]["value"] == 1 and cats["__NULL__"] == {"value": 0, "members": sum(c is None for c in cols["city"])}
+    assert sum(c["members"] for c in cats.values()) == 200
+    many = by["many"]["statistics"]["categories"]
+    assert sum(c["members"] for c in many.values()) <= 200 and by["many"]["preprocessor"]["encode"] == "target"

@@ -263,6 +263,15 @@ class Preprocessor:
                 "algorithm": self.algorithm, "settings": dict(self.settings),
                 "columns": [c.analysis() for c in self._columns]}
 
+    def postgresml_columns(self) -> list[dict]:
+        """The feature columns as PostgresML 2.x records them in pgml.snapshots.columns (name, pg_type,
+        nullable, label, position, size, array, preprocessor, statistics with min/max/max_abs/mean/
+        median/mode/variance/std_dev/missing/distinct/histogram/ventiles and, for categories, the
+        categories with their value and members, NULL as "__NULL__"). Add the label columns with
+        label=True yourself; `position` is the 1-based order of the feature columns here."""
+        self._check_fitted()
+        return [_clean(c.postgresml(i + 1)) for i, c in enumerate(self._columns)]
+
     def to_json(self) -> dict:
         self._check_fitted()
         return {"version": VERSION, "task": self.task, "algorithm": self.algorithm, "rows": self.rows,
@@ -420,6 +429,7 @@ def _stats(x: np.ndarray) -> dict:
     return {"count": int(n), "mean": float(good.mean()), "std": float(good.std()),
             "min": float(good[0]), "max": float(good[-1]), "p25": q[0], "median": q[1], "p75": q[2],
             "mode": float(good[starts[np.argmax(counts)]]), "distinct": int(len(starts)),
+            "ventiles": [_quantile(good, v / 20) for v in range(1, 20)],
             "histogram": {"edges": edges.tolist(), "counts": bins.tolist()}}
 
 
@@ -429,6 +439,15 @@ def _quantile(ordered: np.ndarray, p: float) -> float:
     lo = int(math.floor(at))
     hi = min(lo + 1, len(ordered) - 1)
     return float(ordered[lo] + (ordered[hi] - ordered[lo]) * (at - lo))
+
+
+def _postgresml_stats(stats: dict, missing: int) -> dict:
+    if not stats.get("count"):
+        return {"missing": missing, "distinct": 0}
+    return {"min": stats["min"], "max": stats["max"], "max_abs": max(abs(stats["min"]), abs(stats["max"])),
+            "mean": stats["mean"], "median": stats["median"], "mode": stats["mode"], "variance": stats["std"] ** 2,
+            "std_dev": stats["std"], "missing": missing, "distinct": stats["distinct"],
+            "histogram": stats["histogram"]["counts"], "ventiles": stats["ventiles"]}
 
 
 def _fill_value(stats: dict, how: str) -> float:
@@ -576,6 +595,13 @@ class _Numeric(_Column):
             out["statistics"] = self.raw_stats
         return _clean(out)
 
+    def postgresml(self, position: int) -> dict:
+        stats = self.raw_stats[0] if self.raw_stats else {"count": 0}
+        return {"name": self.kind.name, "pg_type": self.kind.type_name, "nullable": self.missing > 0, "label": False,
+                "position": position, "size": self.width, "array": self.kind.kind == ARRAY,
+                "preprocessor": {"encode": "native", "impute": self.impute, "scale": self.scale},
+                "statistics": _postgresml_stats(stats, self.missing)}
+
     def to_json(self) -> dict:
         return _clean({"transform": "numeric", "kind": self.kind.to_json(), "spec": self.spec.to_json(),
                        "impute": self.impute, "scale": self.scale, "fill": self.fill, "width": self.width,
@@ -667,6 +693,7 @@ class _Categorical(_Column):
         m = len(self.vocab)
         codes = self._codes(keys, null)
         code_counts = np.bincount(codes, minlength=m + 2).astype(np.float64)
+        self.counts = code_counts.astype(np.int64).tolist()      # training rows per code
         # the table: one output row per code
         if encoding == "one_hot":
             self.features = [f"{kind.name}={self._shown(v)}" for v in self.vocab]
@@ -783,13 +810,29 @@ class _Categorical(_Column):
                        "preprocess": {"impute": self.impute or "category", "scale": self.scale,
                                       "encode": self.encoding}, "features": self.features})
 
+    def postgresml(self, position: int) -> dict:
+        m = len(self.vocab)
+        value = self.table[:, 0]
+        if self.encoding in ("one_hot", "native"):
+            value = np.arange(m + 2, dtype=np.float64)
+        categories = {str(self._shown(v)): {"value": float(value[i]), "members": int(self.counts[i])}
+                      for i, v in enumerate(self.vocab)}
+        categories["__NULL__"] = {"value": float(value[m]), "members": self.nulls}
+        encode = {"ordinal": list(self.spec.ordinal)} if self.encoding == "ordinal" else \
+            "native" if self.encoding == "frequency" else self.encoding
+        return {"name": self.kind.name, "pg_type": self.kind.type_name, "nullable": self.nulls > 0, "label": False,
+                "position": position, "size": 1, "array": False,
+                "preprocessor": {"encode": encode, "impute": self.impute or "error", "scale": self.scale},
+                "statistics": {"missing": self.nulls, "distinct": self.distinct, "categories": categories}}
+
     def to_json(self) -> dict:
         vocab = [self._shown(v) for v in self.vocab] if self.text else [float(v) for v in self.vocab]
         return _clean({"transform": "categorical", "kind": self.kind.to_json(), "spec": self.spec.to_json(),
                        "settings": self.settings, "text": self.text, "vocab": vocab, "table": self.table.tolist(),
                        "encoding": self.encoding, "impute": self.impute, "scale": self.scale,
                        "features": self.features, "nulls": self.nulls, "distinct": self.distinct, "top": self.top,
-                       "center": self.center, "spread": self.spread, "mode_code": self.mode_code})
+                       "center": self.center, "spread": self.spread, "mode_code": self.mode_code,
+                       "counts": self.counts})
 
     def load(self, obj: dict) -> None:
         self.kind, self.spec, self.settings = ColumnKind.from_json(obj["kind"]), ColumnSpec.from_json(obj["spec"]), \
@@ -804,3 +847,4 @@ class _Categorical(_Column):
         self.encoding, self.impute, self.scale = obj["encoding"], obj["impute"], obj["scale"]
         self.features, self.nulls, self.distinct, self.top = obj["features"], obj["nulls"], obj["distinct"], obj["top"]
         self.center, self.spread, self.mode_code = obj["center"], obj["spread"], obj["mode_code"]
+        self.counts = obj["counts"]
