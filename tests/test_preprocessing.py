@@ -210,7 +210,8 @@ def test_scaling_follows_the_algorithm(algorithm, scaled):
 @pytest.mark.parametrize("impute", ["mean", "median", "mode", "min", "max", "zero"])
 def test_numeric_impute_options(impute):
     x = np.array([1.0, 2.0, 2.0, np.nan, 10.0, np.inf])
-    p = Preprocessor([column_kind("x", 701)]).fit({"x": x}, None, spec=parse_preprocess({"x": {"impute": impute}}, ["x"]))
+    spec = parse_preprocess({"x": {"impute": impute}}, ["x"])
+    p = Preprocessor([column_kind("x", 701)]).fit({"x": x}, None, spec=spec)
     good = x[np.isfinite(x)]
     expected = {"mean": good.mean(), "median": 2.0, "mode": 2.0, "min": 1.0, "max": 10.0, "zero": 0.0}[impute]
     out = p.transform({"x": x})[:, 0]
@@ -497,7 +498,8 @@ def test_statistics_match_numpy():
     np.testing.assert_allclose([s["p25"], s["median"], s["p75"]], np.percentile(good, [25, 50, 75]))
     values, counts = np.unique(good, return_counts=True)
     assert s["mode"] == values[np.argmax(counts)] and s["distinct"] == len(values)
-    assert F._stats(np.array([2.0, 2.0]))["histogram"]["counts"][10] == 2 and F._stats(np.array([np.nan])) == {"count": 0}
+    assert F._stats(np.array([2.0, 2.0]))["histogram"]["counts"][10] == 2
+    assert F._stats(np.array([np.nan])) == {"count": 0}
 
 
 def test_affine_form_and_take_rows():
@@ -535,7 +537,8 @@ def test_postgresml_shaped_columns():
     city = by["city"]
     assert city["preprocessor"]["encode"] == {"ordinal": ["Oslo", "Paris", "Rome", "Zürich"]}
     cats = city["statistics"]["categories"]
-    assert cats["Oslo"]["value"] == 1 and cats["__NULL__"] == {"value": 0, "members": sum(c is None for c in cols["city"])}
+    assert cats["Oslo"]["value"] == 1
+    assert cats["__NULL__"] == {"value": 0, "members": sum(c is None for c in cols["city"])}
     assert sum(c["members"] for c in cats.values()) == 200
     many = by["many"]["statistics"]["categories"]
     assert sum(c["members"] for c in many.values()) <= 200 and by["many"]["preprocessor"]["encode"] == "target"

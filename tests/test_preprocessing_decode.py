@@ -39,7 +39,8 @@ INSERT INTO pp_all VALUES
 @pytest.fixture(scope="module")
 def conn(upstream):
     with psycopg.connect(upstream.dsn, autocommit=True) as c:
-        c.execute("DROP TABLE IF EXISTS pp_all; DROP DOMAIN IF EXISTS pp_pos2; DROP DOMAIN IF EXISTS pp_pos; DROP TYPE IF EXISTS pp_mood")
+        c.execute("DROP TABLE IF EXISTS pp_all; DROP DOMAIN IF EXISTS pp_pos2; DROP DOMAIN IF EXISTS pp_pos; "
+                  "DROP TYPE IF EXISTS pp_mood")
         c.execute(TYPES)
         yield c
 

@@ -11,7 +11,8 @@ The data path (the caller — pgml.train and the predict paths — wires these t
    TextColumn, (n, k) float64).
 4. `parse_preprocess(preprocess_jsonb, kinds)` → {column: ColumnSpec};
    `Preprocessor(kinds).fit_transform(train_columns, y_train, task=…, algorithm=…, spec=…)` on the
-   TRAINING rows only (target encoding cross-fitted); `transform(columns)` for train/test/predict batches, `transform_row(values)` for one
+   TRAINING rows only (target encoding cross-fitted); `transform(columns)` for test/predict
+   batches, `transform_row(values)` for one
    predict row of Python values; `feature_names()`, `feature_sources()`, `num_features`,
    `analysis()` (JSON for pgml.snapshots), `to_json()`/`from_json()`, and it pickles.
 5. Labels: `infer_task(label_kind, distinct)`, `Labels.fit(y, kind)` → classes, `encode`, `decode`.
@@ -29,5 +30,6 @@ from .sql import (RELATION_COLUMNS_SQL, canonical_expr, copy_query, kinds_from_r
 __all__ = [
     "ARRAY", "BOOLEAN", "CATEGORICAL", "KINDS", "NUMERIC", "TEMPORAL", "ColumnKind", "column_kind",
     "TextColumn", "decode_copy", "Preprocessor", "needs_scaling", "take_rows", "Labels", "infer_task", "ColumnSpec",
-    "parse_preprocess", "RELATION_COLUMNS_SQL", "kinds_from_rows", "canonical_expr", "copy_query", "quote_ident", "select_canonical", "wire_types",
+    "parse_preprocess", "RELATION_COLUMNS_SQL", "kinds_from_rows", "canonical_expr", "copy_query", "quote_ident",
+    "select_canonical", "wire_types",
 ]

@@ -49,7 +49,7 @@ import numpy as np
 from protocol import sqlstate
 from protocol.errors import PgError
 
-from .columns import ARRAY, BOOLEAN, CATEGORICAL, NUMERIC, TEMPORAL, ColumnKind
+from .columns import ARRAY, BOOLEAN, CATEGORICAL, TEMPORAL, ColumnKind
 from .decode import TextColumn
 from .spec import ColumnSpec
 
@@ -369,8 +369,9 @@ def _number(kind: ColumnKind, v: Any) -> float:
     if isinstance(v, str):
         if kind.kind == TEMPORAL:
             raise _bad_input(kind, f"{v!r} is text: pass epoch seconds or a date/time value")
-        if kind.kind == BOOLEAN and v.strip().lower() in ("t", "true", "yes", "on", "1", "f", "false", "no", "off", "0"):
-            return 1.0 if v.strip().lower() in ("t", "true", "yes", "on", "1") else 0.0
+        word = v.strip().lower()
+        if kind.kind == BOOLEAN and word in _TRUE + _FALSE:
+            return 1.0 if word in _TRUE else 0.0
         try:
             return float(v)
         except ValueError:
@@ -383,6 +384,7 @@ def _number(kind: ColumnKind, v: Any) -> float:
 
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_TRUE, _FALSE = ("t", "true", "yes", "on", "1"), ("f", "false", "no", "off", "0")   # PostgreSQL's bool input
 
 
 def _bad_input(kind: ColumnKind, why: str) -> PgError:
@@ -476,8 +478,8 @@ def _missing_error(kind: ColumnKind, count: int, where: str) -> PgError:
     return PgError(sqlstate.NULL_VALUE_NOT_ALLOWED,
                    f'column "{kind.name}" has {count} missing value{"s" if count != 1 else ""} (NULL or NaN) {where}, '
                    f'and its preprocess says impute "error"',
-                   hint=f'Choose another impute for it, e.g. preprocess => \'{{"{kind.name}": {{"impute": "mean"}}}}\', '
-                        f"or filter the rows in a view.")
+                   hint=f"Choose another impute for it, e.g. preprocess => "
+                        f"'{{\"{kind.name}\": {{\"impute\": \"mean\"}}}}', or filter the rows in a view.")
 
 
 def _clean(v):
@@ -664,7 +666,8 @@ class _Categorical(_Column):
                 encoding = "native"
             elif self.distinct <= settings["one_hot_limit"]:
                 encoding = "one_hot"
-            elif target is not None and not (target[0] == "classes" and target[2] > settings["multiclass_target_limit"]):
+            elif target is not None and not (target[0] == "classes"
+                                             and target[2] > settings["multiclass_target_limit"]):
                 encoding = "target"
             else:
                 encoding = "frequency"

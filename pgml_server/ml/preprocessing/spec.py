@@ -117,8 +117,10 @@ def _ordinal(name: str, values: Any) -> tuple:
         raise _bad(f'preprocess for column "{name}": {{"ordinal": ...}} needs a non-empty array of values')
     out = []
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, (str, int, float)) or (isinstance(v, float) and not math.isfinite(v)):
-            raise _bad(f'preprocess for column "{name}": ordinal values must be strings or numbers, got {json.dumps(v)}')
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)) or \
+                (isinstance(v, float) and not math.isfinite(v)):
+            raise _bad(f'preprocess for column "{name}": ordinal values must be strings or numbers, '
+                       f"got {json.dumps(v)}")
         out.append(v)
     if len(set(out)) != len(out):
         raise _bad(f'preprocess for column "{name}": ordinal values must be distinct')
