@@ -31,8 +31,10 @@ length word, and hands over to the next when a check fails:
 4. exact: a field-by-field scan (a NULL float8 from SQL that did not coalesce, or a malformed
    stream, which it reports with SQLSTATE 22P03 and the row).
 
-Measured (2 shared cores): 1M rows × (8 float8 + 3 text + 1 float8), 154 MiB: ~1.0 s through
-path 2 (1.3-1.5 s through path 3); 1M × 9 float8 through path 1: ~0.1 s.
+Measured on 2 shared cores, 1M rows × (8 float8 + 3 text + 1 float8), 154 MiB: 0.72 s of CPU
+through path 2 (wall 0.66-1.5 s, depending on the other work on the machine); the per-row loop
+of path 3 alone takes 0.83 s of CPU to find the rows. 1M × 9 float8 through path 1: ~0.1 s.
+(benchmarks/preprocessing.py measures it.)
 """
 from __future__ import annotations
 
@@ -250,6 +252,11 @@ def _row_search(raw: np.ndarray, start: int, wire: Sequence[str]):
         else:
             segments.append(("var", j, 1))
             j += 1
+    # A cheap first filter (one length word per candidate) before the wide gathers.
+    first = _be(raw, cand + 2, ">i4")
+    cand = cand[(first == 8) if segments[0][0] == "run" else ((first >= -1) & (cand + 6 + np.maximum(first, 0) <= end))]
+    if len(cand) == 0 or cand[0] != start:
+        return None
     pos = cand + 2
     valid = np.ones(len(cand), dtype=bool)
     found: dict[int, np.ndarray] = {}       # segment index → its gathered data for every candidate
@@ -259,23 +266,23 @@ def _row_search(raw: np.ndarray, start: int, wire: Sequence[str]):
         valid &= inside
         block = _bytes_at(raw, np.where(inside, pos, start), width)
         if what == "run":
-            block = block.reshape(-1, r, 12)
-            valid &= (np.ascontiguousarray(block[:, :, :4]).view(">i4").reshape(-1, r) == 8).all(axis=1)
+            valid &= _run_words_ok(block, r)
             found[k] = block
             pos = pos + width
         else:
-            L = np.ascontiguousarray(block).view(">i4").reshape(-1).astype(np.int64)
+            L = block.view(">i4").reshape(-1).astype(np.int64)
             valid &= L >= -1
             found[k] = L
             pos = pos + 4 + np.maximum(L, 0)
         valid &= pos <= end
-    keep = np.flatnonzero(valid)
-    cand, ends = cand[keep], pos[keep]
+    keep = None if valid.all() else np.flatnonzero(valid)
+    cand, ends = (cand, pos) if keep is None else (cand[keep], pos[keep])
     if len(cand) == 0 or cand[0] != start:
         return None
     if len(cand) > 1 and not (ends[:-1] == cand[1:]).all():
         real = np.flatnonzero(np.isin(cand, ends) | (cand == start))   # a row start is some row's end
-        keep, cand, ends = keep[real], cand[real], ends[real]
+        keep = real if keep is None else keep[real]
+        cand, ends = cand[real], ends[real]
         if not (ends[:-1] == cand[1:]).all():
             return None
     if ends[-1] != end:
@@ -284,12 +291,11 @@ def _row_search(raw: np.ndarray, start: int, wire: Sequence[str]):
     pos = cand + 2
     for k, (what, j, r) in enumerate(segments):
         if what == "run":
-            values = np.ascontiguousarray(found[k][keep][:, :, 4:]).view(">f8").reshape(-1, r).astype(np.float64)
-            for i in range(r):
-                offsets[j + i] = values[:, i]
+            block = found[k] if keep is None else found[k][keep]
+            offsets[j:j + r] = _run_values(block, r)
             pos = pos + 12 * r
         else:
-            L = found[k][keep]
+            L = found[k] if keep is None else found[k][keep]
             offsets[j], sizes[j] = pos + 4, L
             pos = pos + 4 + np.maximum(L, 0)
     return offsets, sizes
@@ -335,26 +341,35 @@ def _row_layout(buf: bytes, raw: np.ndarray, start: int, wire: Sequence[str]):
         run = 1                  # consecutive float8 fields: one gather of their bytes for all rows
         while j + run < len(wire) and wire[j + run] == FLOAT8:
             run += 1
-        block = _bytes_at(raw, base + distance, 12 * run).reshape(n, run, 12)
-        words = np.ascontiguousarray(block[:, :, :4]).view(">i4").reshape(n, run)
-        if not (words == 8).all():
+        block = _bytes_at(raw, base + distance, 12 * run)
+        if not _run_words_ok(block, run).all():
             return None          # a NULL float8: the exact scan handles it
-        values = np.ascontiguousarray(block[:, :, 4:]).view(">f8").reshape(n, run).astype(np.float64)
-        for r in range(run):
-            offsets.append(values[:, r])
-            sizes.append(None)
+        offsets += _run_values(block, run)
+        sizes += [None] * run
         distance += 12 * run
         j += run
     return offsets, sizes
 
 
 def _bytes_at(raw: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
-    """(len(offsets), width) bytes starting at each offset."""
+    """(len(offsets), width) bytes starting at each offset, C-contiguous."""
     if len(offsets) and (offsets.min() < 0 or offsets.max() + width > len(raw)):
         raise _malformed("a field runs past the end of the data")
     windows = np.lib.stride_tricks.as_strided(raw, shape=(max(len(raw) - width + 1, 0), width), strides=(1, 1),
                                               writeable=False)
-    return windows[offsets]
+    return np.ascontiguousarray(windows[offsets])
+
+
+def _run_words_ok(block: np.ndarray, run: int) -> np.ndarray:
+    """Per row: are all length words of a gathered run of `run` float8 fields (rows × 12·run bytes) 8?"""
+    words = np.ndarray((len(block), run), dtype=">i4", buffer=block, strides=(12 * run, 12))
+    return (words == 8).all(axis=1)
+
+
+def _run_values(block: np.ndarray, run: int) -> list[np.ndarray]:
+    """The float8 values of a gathered run, one contiguous float64 column each (gather + byte swap in one pass)."""
+    return [np.ndarray((len(block),), dtype=">f8", buffer=block, offset=12 * i + 4, strides=(12 * run,))
+            .astype(np.float64) for i in range(run)]
 
 
 def _walk(buf: bytes, pos: int, gaps: list[int], tail: int) -> list[int] | None:
