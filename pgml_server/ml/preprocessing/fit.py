@@ -495,6 +495,11 @@ def _clean(v):
     return v
 
 
+def _short(value, limit: int = 200):
+    """A category as analysis() shows it: long text cut (the vocabulary itself keeps every byte)."""
+    return value[:limit] + "…" if isinstance(value, str) and len(value) > limit else value
+
+
 def _floats(values) -> np.ndarray:
     return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
 
@@ -656,7 +661,7 @@ class _Categorical(_Column):
         uniq, counts = np.unique(present, return_counts=True)
         self.distinct = int(len(uniq))
         order = np.argsort(-counts, kind="stable")[:TOP_CATEGORIES]
-        self.top = [[self._shown(uniq[i]), int(counts[i])] for i in order]
+        self.top = [[_short(self._shown(uniq[i])), int(counts[i])] for i in order]
         self.impute = spec.impute
         if self.impute == "error" and self.nulls:
             raise _missing_error(kind, self.nulls, "in the training rows")
