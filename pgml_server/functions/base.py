@@ -90,7 +90,8 @@ def coerce(value: Any, oid: int, what: str) -> Any:
         if oid == types.ARRAY_OF[types.TEXT]:
             return [str(v) for v in (value if isinstance(value, list) else [value])]
         if oid in (types.ARRAY_OF[types.FLOAT4], types.ARRAY_OF[types.FLOAT8]):
-            return value if isinstance(value, (list, np.ndarray)) else [value]
+            # a tuple is a row constructor: mixed values for the model's preprocessing
+            return value if isinstance(value, (list, tuple, np.ndarray)) else [value]
     except (TypeError, ValueError, json.JSONDecodeError) as exc:
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE,
                       f"invalid value for argument {what} of type {type_name(oid)}: {value!r}",
@@ -161,7 +162,8 @@ def evaluate(fn: Function, bound: BoundArgs, params: list) -> dict[str, Any]:
         if ev is not None:
             values[param.name] = coerce(ev(params), param.type, param.name)
         elif param.variadic and bound.variadic is not None:
-            values[param.name] = [e(params) for e in bound.variadic]
+            # VARIADIC values are a row: one value per column, of any type (a tuple, as a row constructor)
+            values[param.name] = tuple(e(params) for e in bound.variadic)
         else:
             values[param.name] = param.default
     return values

@@ -91,7 +91,39 @@ def run_plan(model: CachedModel, function: str, X: np.ndarray):
     features for a model that takes none, no probabilities) is the caller's input error (22023)."""
     if function == "predict_proba":
         return _checked(lambda m: m.plan.predict_proba(X), model)
+    if function == "predict_label":
+        if model.task != "classification":
+            raise PgError(sqlstate.WRONG_OBJECT_TYPE, "pgml.predict_label needs a classification model",
+                          hint="Use pgml.predict for regression models.")
+        return labels_of(model, _checked(lambda m: m.plan.predict(X), model))
     return _checked(lambda m: m.plan.predict(X), model)
+
+
+def labels_of(model: CachedModel, predicted) -> list[str]:
+    """Predicted classes as their labels' text (class indices of text labels, else the values)."""
+    values = np.ravel(np.asarray(predicted, dtype=np.float64))
+    if model.labels is not None:
+        return [str(v) for v in model.labels.decode(values)]
+    return [str(int(v)) if float(v).is_integer() else str(float(v)) for v in values]
+
+
+def batch_features(model: CachedModel, X: np.ndarray, canonical: bool) -> np.ndarray:
+    """A block of feature rows from the upstream → the model's features: numeric arrays, or
+    canonical rows of pgml.feature() values (row constructors rewritten by sql/predict)."""
+    if model.inputs is None:
+        return check_features(model, X)
+    return model.inputs.from_canonical(X) if canonical else model.inputs.from_numbers(X)
+
+
+def model_features(model: CachedModel, features) -> np.ndarray:
+    """One predict call's features (from _inputs) → the model's feature matrix."""
+    if type(features) is tuple:                  # a row constructor or VARIADIC values
+        if model.inputs is not None:
+            return model.inputs.from_row(features)
+        return check_features(model, _features(list(features)))
+    if model.inputs is not None:
+        return model.inputs.from_numbers(features)
+    return check_features(model, features)
 
 
 def check_features(model: CachedModel, X: np.ndarray) -> np.ndarray:
@@ -100,6 +132,13 @@ def check_features(model: CachedModel, X: np.ndarray) -> np.ndarray:
                       f"wrong number of features: the model expects {model.num_features}, got {X.shape[1]}",
                       hint="Pass the features in the order of the training relation's columns, label excluded.")
     return X
+
+
+def _inputs(features):
+    """A row (tuple) stays as it is, for the model's preprocessing; numbers become a matrix."""
+    if type(features) is tuple:
+        return features
+    return _features(features)
 
 
 def _features(features) -> np.ndarray:
@@ -130,8 +169,8 @@ _PREDICT_PARAMS = [Param("project_name", ANY), Param("features", REAL_ARRAY, var
 @register("predict", _PREDICT_PARAMS, [("predict", REAL)],
           description="predict one row with the project's deployed model (or a model id)")
 def predict(ctx, project_name, features):
-    X = _features(features)
-    return with_model(ctx, project_name, lambda model: _first(model.plan.predict(check_features(model, X))))
+    X = _inputs(features)
+    return with_model(ctx, project_name, lambda model: _first(model.plan.predict(model_features(model, X))))
 
 
 def _first(out) -> float:
@@ -148,23 +187,23 @@ def score(ctx, project_name, features):
 @register("predict_proba", _PREDICT_PARAMS, [("predict_proba", REAL_ARRAY)],
           description="class probabilities of one row")
 def predict_proba(ctx, project_name, features):
-    X = _features(features)
+    X = _inputs(features)
 
     def compute(model):
         if model.task != "classification":
             raise PgError(sqlstate.WRONG_OBJECT_TYPE, "pgml.predict_proba needs a classification model",
                           hint="Use pgml.predict for regression models.")
-        return [float(p) for p in model.plan.predict_proba(check_features(model, X))[0]]
+        return [float(p) for p in model.plan.predict_proba(model_features(model, X))[0]]
     return with_model(ctx, project_name, compute)
 
 
 @register("predict_joint", _PREDICT_PARAMS, [("predict_joint", REAL_ARRAY)],
           description="all targets of a joint (multi-target) regression model")
 def predict_joint(ctx, project_name, features):
-    X = _features(features)
+    X = _inputs(features)
 
     def compute(model):
-        out = np.asarray(model.plan.predict(check_features(model, X)))
+        out = np.asarray(model.plan.predict(model_features(model, X)))
         return [float(v) for v in np.ravel(out[0])]
     return with_model(ctx, project_name, compute)
 
@@ -176,11 +215,24 @@ def predict_batch(ctx, project_name, features):
     flat = _features(features).ravel()
 
     def compute(model):
-        n = model.num_features or flat.size
+        n = model.inputs.width if model.inputs is not None else (model.num_features or flat.size)
         if flat.size % n:
             raise PgError(sqlstate.INVALID_PARAMETER_VALUE,
-                          f"pgml.predict_batch got {flat.size} values, not a multiple of the model's {n} features")
-        out = model.plan.predict(flat.reshape(-1, n))
+                          f"pgml.predict_batch got {flat.size} values, not a multiple of the model's {n} inputs")
+        X = flat.reshape(-1, n)
+        out = model.plan.predict(model.inputs.from_numbers(X) if model.inputs is not None else X)
         return [float(v) for v in np.ravel(out)]
     return with_model(ctx, project_name, compute)
 
+
+@register("predict_label", _PREDICT_PARAMS, [("predict_label", types.TEXT)],
+          description="the predicted class of one row as its label (text), for classification")
+def predict_label(ctx, project_name, features):
+    X = _inputs(features)
+
+    def compute(model):
+        if model.task != "classification":
+            raise PgError(sqlstate.WRONG_OBJECT_TYPE, "pgml.predict_label needs a classification model",
+                          hint="Use pgml.predict for regression models.")
+        return labels_of(model, model.plan.predict(model_features(model, X)))[0]
+    return with_model(ctx, project_name, compute)

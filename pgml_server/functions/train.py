@@ -16,9 +16,11 @@ from protocol.errors import PgError
 from ..db import registry
 from ..db.names import quote_ident
 from ..ml import artifacts
+from ..ml.model import ModelBundle, categorical_vocabularies
+from ..ml.preprocessing import CATEGORICAL, Labels, column_kind, decode_copy, infer_task, parse_preprocess
+from ..ml.preprocessing.sql import RELATION_COLUMNS_SQL, kinds_from_rows, select_canonical, wire_types
 from ..ml.training import TrainingError
 from ..ml.training.algorithms import make_estimator
-from ..ml.training.copy_binary import copy_binary_matrix, parse_copy_binary
 from ..ml.training.metrics import key_metric
 from ..ml.training.worker import TrainingJob, train_in_subprocess
 from .base import ANY, Param, register
@@ -115,38 +117,48 @@ async def _run_training(ctx, args: dict, task: str | None, joint: bool):
         task = project.task
     if task is not None:
         _validate(args, task)
+    if args["relation_name"] is not None:
+        # Column types, the preprocess spec and impute: error are checked on the relation itself,
+        # before the snapshot: a refused training writes nothing to the registry.
+        await _check_relation(ex, args, joint)
     snapshot = await _snapshot_for(ex, project, name, args, joint)
+    data = await _load(ex, snapshot, args)
     if task is None:
-        task = await _infer_task(ex, snapshot)
-        ctx.notice(f'pgml.train: task {task} inferred from the label column "{snapshot.y_column_name[0]}"')
+        task = _inferred_task(data)
+        ctx.notice(f'pgml.train: task {task} inferred from the label column "{data.labels[0].name}"')
         _validate(args, task)
     if project is None:
         project = await registry.get_or_create_project(ex, name, task)
     elif project.task != task:
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE,
                       f'project "{name}" is a {project.task} project, not {task}')
-    features, labels = await _columns(ex, snapshot)
-    X, y, classes = await _load(ex, snapshot, features, labels, task)
-    ctx.notice(f"pgml.train: {X.shape[0]} rows × {X.shape[1]} features from snapshot {snapshot.id}")
+    y, labels = _labels(data, task)
+    ctx.notice(f"pgml.train: {len(y)} rows × {len(data.kinds)} columns from snapshot {snapshot.id}")
     model_id = await registry.create_model(ex, project.id, snapshot.id, args["algorithm"], args["hyperparams"],
                                            args["search"], args["search_params"], args["search_args"])
     job = TrainingJob(task=task, algorithm=args["algorithm"], hyperparams=args["hyperparams"] or {},
-                      X=X, y=y, test_size=args["test_size"], test_sampling=args["test_sampling"],
+                      X=None, y=y, test_size=args["test_size"], test_sampling=args["test_sampling"],
                       search=args["search"], search_params=args["search_params"] or {},
-                      search_args=args["search_args"] or {})
+                      search_args=args["search_args"] or {}, columns=data.columns, kinds=data.kinds,
+                      preprocess=data.spec)
     try:
         result = await train_in_subprocess(job, ctx.notice)
+        pre = result.preprocessor
+        hashes = await _category_hashes(ex, pre)
     except BaseException as exc:
         await _mark_failed(ctx, model_id, exc)
         if isinstance(exc, TrainingError):
             raise _pg(exc) from None
         raise
     metrics = dict(result.metrics)
-    if classes is not None:
-        metrics["classes"] = classes
-    artifact = artifacts.sign(ctx.models.key, result.estimator_bytes)
-    await registry.finish_model(ex, model_id, num_features=X.shape[1], metrics=metrics,
+    if labels is not None:
+        metrics["classes"] = labels.classes
+    bundle = ModelBundle(result.estimator_bytes, pre, labels, hashes)
+    artifact = artifacts.sign(ctx.models.key, bundle.dumps())
+    await registry.record_snapshot_analysis(ex, snapshot.id, pre.postgresml_columns(), pre.analysis())
+    await registry.finish_model(ex, model_id, num_features=pre.num_features, metrics=metrics,
                                 hyperparams=result.hyperparams, artifact=artifact)
+    ctx.notice("pgml.train: preprocessing " + _describe_preprocessing(pre))
     deployed = False
     if args["automatic_deploy"] and await registry.should_auto_deploy(ex, project.id, model_id, key_metric(task)):
         await registry.deploy_model_id(ex, model_id, strategy="new_score")
@@ -205,111 +217,124 @@ async def _snapshot_for(ex, project, name: str, args: dict, joint: bool):
                                           materialized=True)
 
 
-# Integer labels with at most this many distinct values make a classification (issue 10).
-_MAX_INTEGER_CLASSES = 20
-_INTEGER_TYPES = {types.INT2, types.INT4, types.INT8}
+class RelationData:
+    """A snapshot's rows as the preprocessing reads them: feature kinds and decoded columns, the
+    label columns' kinds and values, and the validated preprocess spec."""
+
+    def __init__(self, kinds, columns, labels, label_values, spec, relation: str) -> None:
+        self.kinds, self.columns, self.spec, self.relation = kinds, columns, spec, relation
+        self.labels, self.label_values = labels, label_values
 
 
-async def _infer_task(ex, snapshot) -> str:
-    """The task of a new project from its label column: text, enum and boolean labels classify,
-    float and numeric ones regress, integers classify when they take at most 20 values."""
-    label = snapshot.y_column_name[0]
-    columns = {c[0]: c for c in await registry.snapshot_columns(ex, snapshot.id)}
-    if label not in columns:
-        raise PgError(sqlstate.UNDEFINED_COLUMN, f'column "{label}" does not exist in {snapshot.relation_name}',
-                      hint="Available columns: " + ", ".join(columns))
-    oid = columns[label][1]
-    if oid in (types.FLOAT4, types.FLOAT8, types.NUMERIC):
-        return "regression"
-    if oid in _INTEGER_TYPES:
-        distinct = await ex.fetchval(f"SELECT count(*) FROM (SELECT DISTINCT {quote_ident(label)} "
-                                     f"FROM pgml.snapshot_{int(snapshot.id)} LIMIT {_MAX_INTEGER_CLASSES + 1}) d")
-        return "classification" if distinct <= _MAX_INTEGER_CLASSES else "regression"
-    return "classification"
-
-
-async def _columns(ex, snapshot) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    columns = await registry.snapshot_columns(ex, snapshot.id)
-    names = {c[0] for c in columns}
-    for y in snapshot.y_column_name:
+async def _kinds(ex, relation: str, label_names: list[str]):
+    """Feature and label column kinds of `relation` (domains resolved, enums flagged); a column
+    of a type the preprocessing cannot use is an error naming it (0A000/42804)."""
+    rows = await ex.fetch(RELATION_COLUMNS_SQL, relation)
+    names = [r[0] for r in rows]
+    for y in label_names:
         if y not in names:
-            raise PgError(sqlstate.UNDEFINED_COLUMN, f'column "{y}" does not exist in {snapshot.relation_name}',
-                          hint="Available columns: " + ", ".join(c[0] for c in columns))
-    labels = [(c[0], c[1]) for y in snapshot.y_column_name for c in columns if c[0] == y]
-    features = [(c[0], c[1]) for c in columns if c[0] not in snapshot.y_column_name]
-    if not features:
+            raise PgError(sqlstate.UNDEFINED_COLUMN, f'column "{y}" does not exist in {relation}',
+                          hint="Available columns: " + ", ".join(names))
+    by_name = {r[0]: r for r in rows}
+    labels = [column_kind(y, int(by_name[y][1]), by_name[y][2], enum=bool(by_name[y][3])) for y in label_names]
+    kinds = kinds_from_rows(rows, exclude=label_names)
+    if not kinds:
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE, "the relation has no feature columns besides the label")
-    return features, labels
+    return kinds, labels
 
 
-async def _load(ex, snapshot, features, labels, task):
-    """Snapshot rows → (X, y) by binary COPY; arrays (of any dimension) are flattened into their elements."""
+async def _check_relation(ex, args: dict, joint: bool) -> None:
+    """Refuse a bad training before anything is written: unusable column types, a preprocess spec
+    that names no column or an unknown option, impute: error on a column that has NULLs."""
+    relation = args["relation_name"]
+    ys = list(args["y_column_name"] or []) if joint else [args["y_column_name"]]
+    if ys == [None]:
+        raise PgError(sqlstate.NULL_VALUE_NOT_ALLOWED, "y_column_name is required with relation_name")
+    kinds, _ = await _kinds(ex, relation, ys)
+    spec = parse_preprocess(args["preprocess"], kinds)
+    strict = [name for name, s in spec.items() if s.impute == "error"]
+    if strict:
+        counts = await ex.fetchrow("SELECT " + ", ".join(f"count(*) FILTER (WHERE {quote_ident(c)} IS NULL)"
+                                                           for c in strict)
+                                   + f" FROM {await _quoted(ex, relation)}")
+        for name, count in zip(strict, counts):
+            if count:
+                raise PgError(sqlstate.NULL_VALUE_NOT_ALLOWED,
+                              f'column "{name}" has {count} NULL values and its preprocess says impute: error',
+                              hint=f'Choose another impute for "{name}" (mean, median, mode, min, max, zero), '
+                                   "or filter the NULL rows out in the relation.")
+
+
+async def _quoted(ex, relation: str) -> str:
+    return await ex.fetchval("SELECT $1::text::regclass::text", relation)
+
+
+async def _load(ex, snapshot, args: dict) -> RelationData:
+    """The snapshot's rows by binary COPY of canonical expressions (PostgreSQL casts and takes
+    epochs, so only float8, text and float8[] arrive), decoded into numpy columns."""
     table = f"pgml.snapshot_{int(snapshot.id)}"
-    exprs, oids, names, laterals = [], [], [], []
-    for name, oid in features:
-        if oid in types.ELEMENT_OF and types.ELEMENT_OF[oid] in _NUMERIC_TYPES:
-            col = quote_ident(name)
-            width = await ex.fetchval(f"SELECT max(cardinality({col})) FROM {table}")
-            # Flattened once per row in a LATERAL, so indexing it width times costs no re-evaluation.
-            flat = f"_flat{len(laterals)}"
-            laterals.append(f"LATERAL (SELECT ARRAY(SELECT {_as_float8('u', types.ELEMENT_OF[oid])} "
-                            f"FROM unnest(s.{col}) u) AS v) {flat}")
-            for i in range(1, int(width or 0) + 1):
-                exprs.append(f"{flat}.v[{i}]")
-                oids.append(types.FLOAT8)
-                names.append(f"{name}[{i}]")
-        elif oid in _NUMERIC_TYPES:
-            exprs.append(_as_float8(f"s.{quote_ident(name)}", oid))
-            oids.append(types.FLOAT8)
-            names.append(name)
-        else:
-            raise PgError(sqlstate.DATATYPE_MISMATCH, f'feature column "{name}" is not numeric',
-                          hint="Features must be numbers, booleans or arrays of them; cast or encode text first.")
-    text_label = labels[0][1] not in _NUMERIC_TYPES
-    for name, oid in labels:
-        exprs.append(f"s.{quote_ident(name)}::text" if text_label else _as_float8(f"s.{quote_ident(name)}", oid))
-        oids.append(types.TEXT if text_label else types.FLOAT8)
-        names.append(name)
-    query = f"SELECT {', '.join(exprs)} FROM {table} s" + "".join(f", {l}" for l in laterals)
-    data = await ex.copy_out(query, "binary")
-    n_features = len(exprs) - len(labels)
-    if not text_label and n_features:
-        # Every column is float8 here: one matrix straight from the COPY stream, no per-column arrays.
-        try:
-            matrix = copy_binary_matrix(data, oids, names)
-        except TrainingError as exc:
-            raise _pg(exc) from None
-        X = matrix[:, :n_features]
-        y = matrix[:, n_features] if len(labels) == 1 else matrix[:, n_features:]
-        if X.shape[0] == 0:
-            raise PgError(sqlstate.INVALID_PARAMETER_VALUE, f"{snapshot.relation_name} has no rows to train on")
-        return X, y, None
-    try:
-        cols = parse_copy_binary(data, oids, names)
-    except TrainingError as exc:
-        raise _pg(exc) from None
-    X = np.column_stack([np.asarray(cols[n], dtype=np.float64) for n in names[:n_features]]) \
-        if n_features else np.empty((0, 0))
-    classes = None
-    if text_label:
-        if task != "classification":
-            raise PgError(sqlstate.DATATYPE_MISMATCH, f'label column "{labels[0][0]}" is text',
-                          hint="Regression needs a numeric label.")
-        classes, y = np.unique(np.asarray(cols[labels[0][0]]), return_inverse=True)
-        classes = [str(c) for c in classes]
-        y = y.astype(np.float64)
-    elif len(labels) == 1:
-        y = np.asarray(cols[labels[0][0]], dtype=np.float64)
-    else:
-        y = np.column_stack([np.asarray(cols[l[0]], dtype=np.float64) for l in labels])
-    if X.shape[0] == 0:
+    kinds, labels = await _kinds(ex, table, list(snapshot.y_column_name))
+    spec = parse_preprocess(args["preprocess"], kinds)
+    everything = kinds + labels
+    data = await ex.copy_out(select_canonical(table, everything), "binary")
+    names = [k.name for k in everything]
+    decoded = decode_copy(data, wire_types(everything), names)
+    columns = dict(zip(names[:len(kinds)], decoded[:len(kinds)]))
+    if not decoded or len(decoded[0]) == 0:
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE, f"{snapshot.relation_name} has no rows to train on")
-    return X, y, classes
+    return RelationData(kinds, columns, labels, decoded[len(kinds):], spec, snapshot.relation_name)
 
 
-def _as_float8(expr: str, oid: int) -> str:
-    # PostgreSQL has no bool → float8 cast, only bool → int4.
-    return f"{expr}::int4::float8" if oid == types.BOOL else f"{expr}::float8"
+def _inferred_task(data: RelationData) -> str:
+    label, values = data.labels[0], data.label_values[0]
+    distinct = len(np.unique(values[np.isfinite(values)])) if isinstance(values, np.ndarray) else 0
+    return infer_task(label, distinct)
+
+
+def _labels(data: RelationData, task: str):
+    """y for the estimator, and the Labels when the classes are text (y is then class indices,
+    and pgml.predict returns the index, as PostgresML does; pgml.predict_label the text)."""
+    label, values = data.labels[0], data.label_values[0]
+    if label.kind == CATEGORICAL:
+        if task != "classification":
+            raise PgError(sqlstate.DATATYPE_MISMATCH, f'label column "{label.name}" is {label.type_name}',
+                          hint="Regression needs a numeric label; classify text labels.")
+        labels = Labels.fit(values, label)
+        return labels.encode(values), labels
+    ys = [np.asarray(v, dtype=np.float64) for v in data.label_values]
+    for kind, y in zip(data.labels, ys):
+        if y.ndim != 1:
+            raise PgError(sqlstate.DATATYPE_MISMATCH, f'label column "{kind.name}" is {kind.type_name}',
+                          hint="A label is one number, boolean or text per row.")
+        if np.isnan(y).any():
+            raise PgError(sqlstate.NULL_VALUE_NOT_ALLOWED,
+                          f'label column "{kind.name}" has {int(np.isnan(y).sum())} NULL values',
+                          hint="Filter them out in the relation: a model cannot learn from a missing label.")
+    return (ys[0] if len(ys) == 1 else np.column_stack(ys)), None
+
+
+async def _category_hashes(ex, pre) -> dict[str, list[float]]:
+    """pgml.feature() of every category the preprocessor knows, computed by the upstream itself,
+    so predictions whose rows arrive as pgml.feature values (the SQL rewrites) find them."""
+    hashes = {}
+    for name, values in categorical_vocabularies(pre).items():
+        rows = await ex.fetch("SELECT pgml.feature(v) FROM jsonb_array_elements_text($1::jsonb) "
+                              "WITH ORDINALITY AS j(v, o) ORDER BY o", values)
+        hashes[name] = [r[0] for r in rows]
+    return hashes
+
+
+def _describe_preprocessing(pre) -> str:
+    """One line per choice, e.g. 'impute mean, scale standard: age, bmi (+8 more); one_hot: city'."""
+    groups: dict[str, list[str]] = {}
+    for column in pre.analysis().get("columns", []):
+        chosen = column.get("preprocess") or {}
+        what = ", ".join(f"{k} {v}" for k, v in chosen.items() if v not in (None, "preserve", "native", "category"))
+        kind = column.get("subkind") or column.get("kind")
+        groups.setdefault(f"{kind} {what or 'as is'}", []).append(column.get("name"))
+    parts = [f"{what}: {', '.join(names[:4])}" + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")
+             for what, names in groups.items()]
+    return "; ".join(parts) + f" → {pre.num_features} features"
 
 
 # ---------------------------------------------------------------- snapshot and deploy
@@ -319,8 +344,8 @@ def _as_float8(expr: str, oid: int) -> str:
                        Param("materialized", BOOL, True)],
           [("relation", TEXT), ("y_column_name", TEXT_ARRAY)], description="snapshot a relation for training")
 async def snapshot(ctx, relation_name, y_column_name, test_size, test_sampling, materialized):
-    snap = await registry.create_snapshot(ctx.executor, relation_name, list(y_column_name), test_size,
-                                          test_sampling, materialized=True)
+    await registry.create_snapshot(ctx.executor, relation_name, list(y_column_name), test_size,
+                                   test_sampling, materialized=True)
     return (relation_name, list(y_column_name))
 
 

@@ -25,6 +25,8 @@ class CachedModel:
     num_features: int
     plan: Any                 # an inference Plan
     nbytes: int
+    inputs: Any = None        # model.ModelInputs (predict inputs → features), None: numbers as they are
+    labels: Any = None        # preprocessing.Labels of text classes (pgml.predict_label), or None
 
 
 # load_model(model_id | None, project | None) -> CachedModel | None

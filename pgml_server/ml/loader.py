@@ -19,6 +19,7 @@ from ..db.executor import AsyncpgExecutor
 from . import artifacts
 from .cache import CachedModel, ModelCache
 from .inference import compile_plan, gpu_available, set_min_batch
+from .model import ModelInputs, unbundle
 from .training.worker import prestart
 
 log = logging.getLogger("pgml_server.models")
@@ -90,15 +91,17 @@ class ModelService:
         if blob is None:
             return None
         try:
-            estimator = await asyncio.get_running_loop().run_in_executor(None, artifacts.loads_model, self.key, blob)
+            estimator, bundle = await asyncio.get_running_loop().run_in_executor(None, _unpickle, self.key, blob)
         except artifacts.ArtifactSignatureError as exc:   # refused before unpickling: XX001, not an internal error
             log.warning("refused model %d: %s", model_id, exc.message)
             raise PgError(exc.sqlstate, f"model {model_id}: {exc.message}", hint=exc.hint) from None
         plan = compile_plan(estimator, meta["task"], gpu=self.config.gpu)
         log.info("loaded model %d (%s, %s plan, gpu %s)", model_id, meta["algorithm"], getattr(plan, "kind", "?"),
                  getattr(plan, "gpu", "off"))
+        inputs = ModelInputs(bundle) if bundle is not None and bundle.preprocessor is not None else None
         return CachedModel(model_id, meta.get("project_name"), meta["task"], int(meta["num_features"] or 0),
-                           plan, int(getattr(plan, "nbytes", len(blob))))
+                           plan, int(getattr(plan, "nbytes", len(blob))), inputs,
+                           bundle.labels if bundle is not None else None)
 
     async def warm(self) -> None:
         """Load every deployed model at start-up so the first prediction is as fast as the rest."""
@@ -146,3 +149,8 @@ class ModelService:
                 log.info("LISTEN %s reconnected", DEPLOY_CHANNEL)
             except (OSError, asyncpg.PostgresError) as exc:
                 log.debug("LISTEN reconnect failed: %s", exc)
+
+
+def _unpickle(key: bytes, blob: bytes):
+    """(estimator, bundle or None) of a signed artifact; verified before a byte is unpickled."""
+    return unbundle(artifacts.loads_model(key, blob))

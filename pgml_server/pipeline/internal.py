@@ -1,6 +1,6 @@
 """Statements the server runs on a client's own upstream connection, as one message sequence.
 
-Every internal statement is Close/Parse/[Bind/[Describe]/Execute | Describe]/Close with a name
+Every internal statement is Close/Close/Parse/[Bind/[Describe]/Execute | Describe]/Close with a name
 of its own (never the client's unnamed statement or portal), ended by Sync, or by Flush when the
 client's pipeline holds an open implicit transaction that the statement must join. The FIFO
 entries it needs are counted here, from the messages built, not by hand at each caller.
@@ -36,7 +36,11 @@ class InternalStatement:
     def messages(self, *, sync: bool) -> tuple[bytes, list[int]]:
         """The bytes to send and the FIFO entry kinds their answers fill, in order."""
         name = self.name
-        parts = [m.Close("S", name).encode(), m.Parse(name, self.sql, list(self.param_oids)).encode()]
+        # Close the portal too: inside a transaction block a statement of ours that failed
+        # before its closing Close leaves its portal open, and the next Bind of the name (a
+        # ROLLBACK among them) would fail with 42P03 "cursor already exists".
+        parts = [m.Close("P", name).encode(), m.Close("S", name).encode(),
+                 m.Parse(name, self.sql, list(self.param_oids)).encode()]
         if self.execute:
             parts.append(m.Bind(name, name, list(self.param_formats), list(self.params),
                                 list(self.result_formats)).encode())

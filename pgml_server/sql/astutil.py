@@ -14,11 +14,18 @@ def func_name(call: ast.FuncCall) -> str:
     return call.funcname[-1].sval.lower()
 
 
+# Functions of the pgml schema that live in the upstream (created by the migrations), not in the
+# server: a statement calling them is the upstream's to run, and the rewrites use them.
+UPSTREAM_FUNCTIONS = frozenset({"feature"})
+
+
 def is_pgml_call(node) -> bool:
+    """A call of a pgml.* function the server answers (not one of UPSTREAM_FUNCTIONS)."""
     if not isinstance(node, ast.FuncCall):
         return False
     names = node.funcname
-    return len(names) == 2 and names[0].sval.lower() == "pgml"
+    return (len(names) == 2 and names[0].sval.lower() == "pgml"
+            and names[1].sval.lower() not in UPSTREAM_FUNCTIONS)
 
 
 def pgml_calls(node) -> list[ast.FuncCall]:

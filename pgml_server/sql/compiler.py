@@ -187,6 +187,14 @@ def compile_expr(node, params: dict[int, int], expected: int) -> Evaluator | Non
         if inner is None:
             return None
         return Evaluator(lambda p, f=inner, t=target: _cast(f(p), t), is_array=_is_array(target))
+    if isinstance(node, ast.RowExpr):
+        # A row constructor of mixed values (a row of the relation's columns): a tuple, which
+        # the model's preprocessing reads column by column. Untyped $n in it are text.
+        items = [compile_expr(e, params, types.TEXT) for e in node.args or ()]
+        if any(i is None for i in items):
+            return None
+        # is_array: the row is the whole features value, as an array would be (not one VARIADIC element)
+        return Evaluator(lambda p, its=items: tuple(i(p) for i in its), is_array=True)
     if isinstance(node, ast.A_ArrayExpr):
         elem = types.ELEMENT_OF.get(expected, types.FLOAT8) if _is_array(expected) else types.FLOAT8
         items = [compile_expr(e, params, elem) for e in node.elements or ()]

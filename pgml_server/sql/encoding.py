@@ -10,6 +10,7 @@ from protocol import messages as m
 from protocol import types
 
 from ..functions.base import RECORD
+from ..ml import temporal
 from .arrays import float_array
 
 _I32 = struct.Struct("!i")
@@ -36,6 +37,8 @@ def decode_param(oid: int, data, binary: bool) -> Any:
         X = float_array(data)
         if X is not None:
             return X
+    if oid in temporal.OIDS:        # a date, timestamp, time or interval feature: its epoch, as SQL gives it
+        return temporal.epoch_of_wire(oid, data, binary)
     return types.decode(oid, bytes(data), binary)
 
 

@@ -9,4 +9,4 @@ from .migrations import MIGRATIONS, migrate, schema_version  # noqa: F401
 from .models import (create_model, fail_model, fail_orphaned_models, fail_stale_models,  # noqa: F401
                      finish_model, get_or_create_hmac_key, json_safe, model_artifact, model_info)
 from .projects import (Project, Snapshot, create_snapshot, get_or_create_project, get_project,  # noqa: F401
-                       get_snapshot, last_snapshot, snapshot_columns, snapshot_table)
+                       get_snapshot, last_snapshot, record_snapshot_analysis, snapshot_columns, snapshot_table)

@@ -131,6 +131,14 @@ async def snapshot_columns(ex: Executor, snapshot_id: int) -> list[tuple[str, in
     return [(name, int(oid), type_name) for name, oid, type_name in rows]
 
 
+async def record_snapshot_analysis(ex: Executor, snapshot_id: int, columns: list, analysis: dict) -> None:
+    """The fitted preprocessing's view of a snapshot: per column its type, NULLs, distinct values,
+    statistics or top categories and the preprocessing chosen (PostgresML 2.x's `columns` shape),
+    and our fuller `analysis` (the dashboard and users read both)."""
+    await ex.execute("UPDATE pgml.snapshots SET columns = $2::jsonb, analysis = $3::jsonb, "
+                     "updated_at = clock_timestamp() WHERE id = $1::bigint", snapshot_id, columns, analysis)
+
+
 def _snapshot(row: tuple[Any, ...]) -> Snapshot:
     sid, relation, ys, test_size, sampling, status, columns, materialized = row
     return Snapshot(int(sid), relation, list(ys or []), float(test_size), sampling, status, columns,

@@ -28,10 +28,12 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 
+from protocol.errors import PgError
+
 from . import TrainingError
 from .algorithms import canonical_name, make_estimator
 from .metrics import key_metric, score
-from .split import train_test_split
+from .split import Split, train_test_split
 
 Progress = Callable[[str], "Awaitable[None] | None"]
 
@@ -43,11 +45,15 @@ _PRELOAD = ["numpy", "sklearn.base", "sklearn.linear_model", "sklearn.ensemble",
 
 @dataclass
 class TrainingJob:
-    """What to train: the estimator, its settings and the data (X: rows × features, float64)."""
+    """What to train: the estimator, its settings and the data.
+
+    The data is either X (rows × features, float64) or, for a relation's own columns, `columns`
+    (name → decoded values, ml/preprocessing/decode.py) with their `kinds` and the `preprocess`
+    spec: the split then comes first and the Preprocessor is fitted on the training rows only."""
     task: str
     algorithm: str
     hyperparams: dict
-    X: np.ndarray
+    X: np.ndarray | None
     y: np.ndarray                      # 1-D, or 2-D (rows × targets) for a joint regression
     test_size: float | int = 0.25
     test_sampling: str = "random"
@@ -55,6 +61,9 @@ class TrainingJob:
     search_params: dict = field(default_factory=dict)   # name → list of values to try
     search_args: dict = field(default_factory=dict)     # n_iter (random), cv (folds)
     seed: int | None = 0
+    columns: dict | None = None        # the relation's decoded columns (instead of X)
+    kinds: list | None = None          # their preprocessing.ColumnKind, in relation order
+    preprocess: dict | None = None     # column → preprocessing.ColumnSpec (validated by the caller)
 
 
 @dataclass
@@ -69,6 +78,7 @@ class TrainingResult:
     score_time: float
     search_results: dict | None = None
     warnings: list[str] = field(default_factory=list)
+    preprocessor: object = None        # the fitted preprocessing.Preprocessor, when the job had columns
 
 
 # ---------------------------------------------------------------- the training itself
@@ -78,7 +88,11 @@ def run_job(job: TrainingJob, progress: Callable[[str], None] = lambda message: 
     outputs = job.y.shape[1] if job.y.ndim == 2 else 1
     name = canonical_name(job.algorithm)
     estimator = make_estimator(name, job.task, job.hyperparams, outputs=outputs, seed=job.seed)
-    split = train_test_split(job.X, job.y, job.test_size, job.test_sampling, job.seed)
+    preprocessor = None
+    if job.columns is not None:
+        split, preprocessor = _preprocessed_split(job, name, progress)
+    else:
+        split = train_test_split(job.X, job.y, job.test_size, job.test_sampling, job.seed)
     if split.warning:
         progress(split.warning)
     rows, features = split.X_train.shape
@@ -106,7 +120,26 @@ def run_job(job: TrainingJob, progress: Callable[[str], None] = lambda message: 
     return TrainingResult(
         estimator_bytes=pickle.dumps(estimator, protocol=pickle.HIGHEST_PROTOCOL), metrics=metrics,
         hyperparams=used, num_features=features, classes=_classes(estimator), fit_time=fit_time,
-        score_time=score_time, search_results=search_results, warnings=notes)
+        score_time=score_time, search_results=search_results, warnings=notes, preprocessor=preprocessor)
+
+
+def _preprocessed_split(job: TrainingJob, algorithm: str, progress: Callable[[str], None]):
+    """Split the rows, then fit the preprocessing on the training rows only (no leak from the
+    test rows into imputation, scaling or encodings) and transform both halves with it."""
+    from ..preprocessing import Preprocessor, take_rows
+    n = len(job.y)
+    index = train_test_split(np.arange(n, dtype=np.float64).reshape(-1, 1), job.y, job.test_size,
+                             job.test_sampling, job.seed)
+    train_rows = index.X_train[:, 0].astype(np.int64)
+    test_rows = index.X_test[:, 0].astype(np.int64)
+    train, test = take_rows(job.columns, train_rows), take_rows(job.columns, test_rows)
+    preprocessor = Preprocessor(job.kinds)
+    X_train = preprocessor.fit_transform(train, index.y_train, task=job.task, algorithm=algorithm,
+                                         spec=job.preprocess)
+    X_test = preprocessor.transform(test)
+    progress(f"preprocessed {len(job.kinds)} columns into {preprocessor.num_features} features "
+             f"(fitted on the {len(train_rows)} training rows)")
+    return Split(X_train, X_test, index.y_train, index.y_test, index.warning), preprocessor
 
 
 def _search(job: TrainingJob, estimator, split, progress):
@@ -270,7 +303,7 @@ def _worker_main(conn) -> None:
         estimator_bytes, result.estimator_bytes = result.estimator_bytes, b""
         conn.send(("result", result))
         conn.send_bytes(estimator_bytes)
-    except TrainingError as exc:
+    except (TrainingError, PgError) as exc:      # PgError: the preprocessing's, about a column
         conn.send(("error", (exc.sqlstate, exc.message, exc.detail, exc.hint)))
     except MemoryError:
         conn.send(("error", ("53200", "out of memory while training", None,
@@ -283,11 +316,12 @@ def _worker_main(conn) -> None:
 
 
 def _send_job(conn, job: TrainingJob) -> None:
-    X = np.ascontiguousarray(job.X, dtype=np.float64)
+    X = np.ascontiguousarray(job.X if job.X is not None else np.empty((0, 0)), dtype=np.float64)
     y = np.ascontiguousarray(job.y)
     y_raw = y.dtype.kind in "biuf"          # numbers go as raw bytes; label strings are pickled
     meta = {k: getattr(job, k) for k in ("task", "algorithm", "hyperparams", "test_size", "test_sampling",
-                                         "search", "search_params", "search_args", "seed")}
+                                         "search", "search_params", "search_args", "seed", "columns", "kinds",
+                                         "preprocess")}
     meta.update(X_shape=X.shape, y_shape=y.shape, y_dtype=y.dtype.str if y_raw else None)
     conn.send(meta)
     conn.send_bytes(memoryview(X).cast("B") if X.size else b"")
@@ -302,7 +336,7 @@ def _receive_job(conn) -> TrainingJob:
     X = np.frombuffer(conn.recv_bytes(), dtype=np.float64).reshape(meta.pop("X_shape"))
     y_shape, y_dtype = meta.pop("y_shape"), meta.pop("y_dtype")
     y = np.frombuffer(conn.recv_bytes(), dtype=y_dtype).reshape(y_shape) if y_dtype else conn.recv()
-    return TrainingJob(X=X, y=y, **meta)
+    return TrainingJob(X=None if meta.get("columns") is not None else X, y=y, **meta)
 
 
 class _Driver(threading.Thread):

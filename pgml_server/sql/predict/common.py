@@ -15,7 +15,8 @@ from ...ml.cache import CachedModel
 from ..arrays import REAL_ARRAY
 
 # Function → the type of its result column.
-OUTPUT = {"predict": types.FLOAT4, "predict_proba": REAL_ARRAY, "predict_joint": REAL_ARRAY}
+OUTPUT = {"predict": types.FLOAT4, "predict_proba": REAL_ARRAY, "predict_joint": REAL_ARRAY,
+          "predict_label": types.TEXT}
 # Other names of those functions: pgml.score is pgml.predict (the seed's PRODUCT.md spells it so).
 ALIASES = {"score": "predict"}
 
@@ -39,16 +40,32 @@ def as_float8_array(node) -> ast.TypeCast:
     return ast.TypeCast(arg=node, typeName=type_name("float8", array=True))
 
 
-def features_node(call: ast.FuncCall):
-    """The features argument of a predict call as one array expression (VARIADIC form included)."""
+def feature_input(call: ast.FuncCall):
+    """(expression, canonical) for the features of a predict call, as one float8[] for the upstream.
+
+    An array (or a single array-valued argument) is sent as it is. A row constructor, `(a, b, c)`
+    or `ROW(a, b, c)`, and VARIADIC scalars become `ARRAY[pgml.feature(a), pgml.feature(b), ...]`:
+    the upstream turns each value of whatever type into one float8 (migration 2), and the model's
+    inputs read them as canonical rows (ml/model.py), so mixed types take the same float8[] path."""
     args = [a.arg if isinstance(a, ast.NamedArgExpr) else a for a in call.args or ()]
     named = {a.name: a.arg for a in call.args or () if isinstance(a, ast.NamedArgExpr)}
-    if "features" in named:
-        return named["features"]
-    rest = args[1:]
-    if len(rest) == 1:
-        return rest[0]
-    return ast.A_ArrayExpr(elements=tuple(rest))
+    node = named["features"] if "features" in named else (args[1] if len(args) == 2 else None)
+    if node is None:
+        return _canonical_row(args[1:]), True
+    if isinstance(node, ast.RowExpr):
+        return _canonical_row(node.args or ()), True
+    return node, False
+
+
+def features_node(call: ast.FuncCall):
+    """The features argument of a predict call as one float8[] expression (see feature_input)."""
+    return feature_input(call)[0]
+
+
+def _canonical_row(values) -> ast.A_ArrayExpr:
+    feature = (ast.String(sval="pgml"), ast.String(sval="feature"))
+    return ast.A_ArrayExpr(elements=tuple(ast.FuncCall(funcname=feature, args=(v,), funcformat=0)
+                                          for v in values))
 
 
 def model_node(call: ast.FuncCall):
@@ -69,7 +86,9 @@ async def resolve_model(session, project: Any) -> CachedModel:
     return model
 
 
-def encode_predictions(function: str, values: np.ndarray, binary: bool) -> list[bytes]:
+def encode_predictions(function: str, values, binary: bool) -> list[bytes]:
+    if function == "predict_label":                  # text is the same bytes in both formats
+        return [v.encode() for v in values]
     if function == "predict":
         vals = np.asarray(values, dtype=np.float32).ravel()
         if binary:

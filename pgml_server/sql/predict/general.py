@@ -8,6 +8,8 @@ that table, so PostgreSQL keeps its full semantics (filters, sorts, joins, write
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import struct
 
@@ -18,39 +20,41 @@ from protocol import messages as m
 from protocol import sqlstate, types
 from protocol.errors import PgError
 
-from ...functions.predict import check_features, run_plan
+from ...functions.predict import batch_features, run_plan
 from ...pipeline.consumers import Collector, Relay
 from ...pipeline.internal import InternalStatement, run_internal
 from ...pipeline.session_executor import SessionExecutor
 from ..arrays import float8_arrays
 from ..astutil import deparse, has_pgml_call, is_pgml_call, param_count
 from ..encoding import with_formats
-from .common import as_float8_array, as_text, features_node, model_node, predict_function, resolve_model
+from .common import as_float8_array, as_text, feature_input, model_node, predict_function, resolve_model
 
 TEMP_TABLE = "pg_temp.pgml_predictions"
 # No key while the pairs are copied in: the unique index is built after the load, in one sort,
 # features first (cheap float8 comparisons before the text columns). Loading into a table that
 # already has the index costs several times more (one B-tree insertion per pair).
 _CREATE = ("CREATE TEMP TABLE IF NOT EXISTS pgml_predictions (fn text NOT NULL, model text NOT NULL, "
-           "features float8[] NOT NULL, prediction real, prediction_array real[])")
+           "features float8[] NOT NULL, prediction real, prediction_array real[], prediction_label text)")
 _INDEX = "pgml_predictions_key"
 _DROP_INDEX = f"DROP INDEX IF EXISTS pg_temp.{_INDEX}"
 _CREATE_INDEX = f"CREATE UNIQUE INDEX {_INDEX} ON {TEMP_TABLE} (features, fn, model)"
 _STMT = "__pgml_general"
 _I16 = struct.Struct("!h")
 _I32 = struct.Struct("!i")
-_FUNCTIONS = {"predict": "prediction", "predict_proba": "prediction_array", "predict_joint": "prediction_array"}
+_FUNCTIONS = {"predict": "prediction", "predict_proba": "prediction_array", "predict_joint": "prediction_array",
+              "predict_label": "prediction_label"}
 _SCOPES = (ast.SelectStmt, ast.UpdateStmt, ast.DeleteStmt)
 
 
 class _Call:
     """One predict call: its function, model and features, and the pass-one query candidates."""
 
-    def __init__(self, function: str, model, features, passes: list[str]) -> None:
+    def __init__(self, function: str, model, features, passes: list[str], canonical: bool = False) -> None:
         self.function = function
         self.model = model
         self.features = features
         self.passes = passes
+        self.canonical = canonical      # features are a row of pgml.feature() values (common.feature_input)
 
 
 def _walk(node, scopes: list, found: list) -> None:
@@ -149,10 +153,12 @@ class GeneralPredict:
             if name not in _FUNCTIONS or not node.args:
                 raise PgError(sqlstate.FEATURE_NOT_SUPPORTED,
                               f"pgml.{name} cannot be used inside a query over tables",
-                              hint="Only pgml.predict, pgml.predict_proba and pgml.predict_joint run per row.")
+                              hint="Only pgml.predict (pgml.score), predict_proba, predict_joint and predict_label "
+                                   "run per row.")
             if not scopes:
                 return None
-            call = _Call(name, model_node(node), features_node(node), [])
+            features, canonical = feature_input(node)
+            call = _Call(name, model_node(node), features, [], canonical)
             calls.append((node, scopes, call, _lookup(call)))
         if not calls:
             return None
@@ -177,15 +183,25 @@ class GeneralPredict:
     async def _collect(self, session, call: _Call, raw_params, param_oids, done: set,
                        stored: set | None) -> None:
         last_error = None
+        # Inside a transaction block a candidate that fails would abort it: each try gets a
+        # savepoint, so a failed one is undone (its portal too) and the next can run.
+        guarded = session.tx_status == "T" and len(call.passes) > 1
+        ex = session_executor(session)
         for query in call.passes:
             if (call.function, query) in done:      # the same pairs were collected for an earlier call
                 return
             try:
+                if guarded:
+                    await ex.execute("SAVEPOINT pgml_pass_one")
                 data = await _fetch_binary(session, query, raw_params, param_oids)
+                if guarded:
+                    await ex.execute("RELEASE SAVEPOINT pgml_pass_one")
                 break
             except PgError as err:
                 if err.sqlstate not in ("42P01", "42703", "42P10", "42803"):
                     raise
+                if guarded:
+                    await ex.execute("ROLLBACK TO SAVEPOINT pgml_pass_one")
                 last_error = err
         else:
             raise PgError(sqlstate.FEATURE_NOT_SUPPORTED,
@@ -201,7 +217,7 @@ class GeneralPredict:
                 models, feats = [models[i] for i in keep], [feats[i] for i in keep]
             stored.update((call.function, mo, f) for mo, f in zip(models, feats))
         if models:
-            await _store(session, call.function, models, feats)
+            await _store(session, call.function, models, feats, call.canonical)
 
     async def _prepare(self, session, raw_params=None, param_oids=None) -> None:
         ex = session_executor(session)
@@ -220,14 +236,16 @@ class GeneralPredict:
         if session.tx_status == "E":
             raise PgError(sqlstate.IN_FAILED_SQL_TRANSACTION,
                           "current transaction is aborted, commands ignored until end of transaction block")
-        await self._prepare(session)
-        await _relay(session, self.sql, None, None, [0], describe=True)
+        async with _one_transaction(session):
+            await self._prepare(session)
+            await _relay(session, self.sql, None, None, [0], describe=True)
 
     async def run_extended(self, session, portal) -> None:
         raw = portal.raw_params
         oids = portal.prepared.param_oids
-        await self._prepare(session, raw, oids)
-        await _relay(session, self.sql, raw, oids, portal.result_formats, describe=False)
+        async with _one_transaction(session):
+            await self._prepare(session, raw, oids)
+            await _relay(session, self.sql, raw, oids, portal.result_formats, describe=False)
 
     async def describe(self, session, prepared, portal) -> bytes:
         await session_executor(session).execute(_CREATE)
@@ -254,6 +272,26 @@ def _name_predict_columns(node) -> None:
     elif isinstance(node, tuple):
         for item in node:
             _name_predict_columns(item)
+
+
+@contextlib.asynccontextmanager
+async def _one_transaction(session):
+    """Both passes in one transaction: pass two must find the pairs pass one computed, and a
+    volatile feature (now() - created_at) is the same in both only within one transaction. A
+    client outside any transaction gets BEGIN … COMMIT around them (what autocommit would have
+    committed anyway; an error rolls back, as it would have); inside one, nothing is added."""
+    if session.tx_status != "I" or session.batch_dirty:
+        yield
+        return
+    ex = session_executor(session)
+    await ex.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        if session.phase == "ready" and session.tx_status != "I":
+            await asyncio.shield(ex.execute("ROLLBACK"))
+        raise
+    await ex.execute("COMMIT")
 
 
 def session_executor(session) -> SessionExecutor:
@@ -331,7 +369,7 @@ def _parse_pairs(rows: list[bytes]) -> tuple[list[str], list[bytes]]:
     return models, feats
 
 
-async def _store(session, function: str, models: list[str], feats: list[bytes]) -> None:
+async def _store(session, function: str, models: list[str], feats: list[bytes], canonical: bool) -> None:
     """Predict the pairs and load them with one binary COPY: the feature arrays go back as the exact
     float8[] bytes pass one returned (no decode/encode per row), the predictions as float4 bytes."""
     parts = [_COPY_HEADER]
@@ -342,13 +380,18 @@ async def _store(session, function: str, models: list[str], feats: list[bytes]) 
     for name, rows in by_model.items():
         model = await resolve_model(session, name)
         rows_feats = [feats[i] for i in rows]
-        X = check_features(model, float8_arrays(rows_feats))
+        X = batch_features(model, float8_arrays(rows_feats), canonical)
+        model_bytes = name.encode()
+        head = _COLUMNS + fn_field + _I32.pack(len(model_bytes)) + model_bytes
+        if function == "predict_label":      # text: a width per row
+            for f, label in zip(rows_feats, run_plan(model, function, X)):
+                text = label.encode()
+                parts += (head, _I32.pack(len(f)), f, _NO_NUMBERS, _I32.pack(len(text)), text)
+            continue
         pred = np.asarray(run_plan(model, function, X), dtype=np.float64).reshape(len(rows), -1)
         if function == "predict":
             pred = pred[:, :1]
         tails = _prediction_fields(function, pred)
-        model_bytes = name.encode()
-        head = _COLUMNS + fn_field + _I32.pack(len(model_bytes)) + model_bytes
         sizes = set(map(len, rows_feats))
         if len(sizes) == 1:     # one fixed-width block: assembled by numpy
             size = sizes.pop()
@@ -365,14 +408,15 @@ async def _store(session, function: str, models: list[str], feats: list[bytes]) 
             for j, f in enumerate(rows_feats):
                 parts += (head, pack(len(f)), f, tails[j * width:(j + 1) * width])
     parts.append(_COPY_TRAILER)
-    await session_executor(session).copy_in(TEMP_TABLE, ["fn", "model", "features", "prediction", "prediction_array"],
-                                            b"".join(parts), "binary")
+    await session_executor(session).copy_in(TEMP_TABLE, ["fn", "model", "features", "prediction", "prediction_array",
+                                                         "prediction_label"], b"".join(parts), "binary")
 
 
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _COPY_TRAILER = b"\xff\xff"
-_COLUMNS = _I16.pack(5)
+_COLUMNS = _I16.pack(6)
 _NULL = -1
+_NO_NUMBERS = _I32.pack(_NULL) * 2          # prediction and prediction_array of a label row
 _FLOAT4_OID = 700
 
 
@@ -388,21 +432,24 @@ def _float4(values: np.ndarray) -> np.ndarray:
 
 
 def _prediction_fields(function: str, pred: np.ndarray) -> bytes:
-    """The binary COPY fields prediction and prediction_array of each row, as one fixed-width block."""
+    """The binary COPY fields prediction, prediction_array (and a NULL prediction_label) of each
+    row, as one fixed-width block."""
     n, k = pred.shape
     if function == "predict":
-        block = np.empty(n, dtype=[("len", ">i4"), ("v", ">f4"), ("null", ">i4")])
+        block = np.empty(n, dtype=[("len", ">i4"), ("v", ">f4"), ("null", ">i4"), ("label", ">i4")])
         block["len"] = 4
         block["v"] = _float4(pred[:, 0])
         block["null"] = _NULL
+        block["label"] = _NULL
         return block.tobytes()
     if k == 0:      # an empty real[]: ndim 0
-        row = _I32.pack(_NULL) + _I32.pack(12) + struct.pack("!iii", 0, 0, _FLOAT4_OID)
+        row = _I32.pack(_NULL) + _I32.pack(12) + struct.pack("!iii", 0, 0, _FLOAT4_OID) + _I32.pack(_NULL)
         return row * n
     block = np.empty(n, dtype=[("null", ">i4"), ("len", ">i4"), ("ndim", ">i4"), ("hasnull", ">i4"),
                                ("elem", ">i4"), ("dim", ">i4"), ("lb", ">i4"),
-                               ("vals", [("l", ">i4"), ("v", ">f4")], (k,))])
+                               ("vals", [("l", ">i4"), ("v", ">f4")], (k,)), ("label", ">i4")])
     block["null"] = _NULL
+    block["label"] = _NULL
     block["len"] = 20 + 8 * k
     block["ndim"] = 1
     block["hasnull"] = 0

@@ -18,7 +18,7 @@ from protocol import messages as m
 from protocol import types
 from protocol.errors import PgError
 
-from ...functions.predict import check_features, run_plan
+from ...functions.predict import batch_features, run_plan
 from ...ml.cache import CachedModel
 from ...pipeline.consumers import Collector
 from ...pipeline.fifo import Consumer
@@ -26,7 +26,7 @@ from ...pipeline.internal import InternalStatement, run_internal
 from ..arrays import float8_array_block, float8_arrays
 from ..astutil import deparse, has_pgml_call, is_pgml_call, param_count
 from ..encoding import format_code, with_formats
-from .common import (OUTPUT, as_float8_array, encode_predictions, features_node, model_node, predict_function,
+from .common import (OUTPUT, as_float8_array, encode_predictions, feature_input, model_node, predict_function,
                      resolve_model)
 
 _STMT = "__pgml_rewrite"
@@ -37,13 +37,14 @@ _BLOCK = 4096
 
 class _Output:
     """Where a predicted value goes in the client's row."""
-    __slots__ = ("index", "function", "model", "param")
+    __slots__ = ("index", "function", "model", "param", "canonical")
 
-    def __init__(self, index: int, function: str, model: Any, param: int | None) -> None:
+    def __init__(self, index: int, function: str, model: Any, param: int | None, canonical: bool = False) -> None:
         self.index = index          # column position
         self.function = function
         self.model = model          # constant project name / model id, or None when a parameter
         self.param = param          # 0-based parameter index holding the model
+        self.canonical = canonical  # features are a row of pgml.feature() values (common.feature_input)
 
 
 class StreamPredict:
@@ -89,9 +90,10 @@ class StreamPredict:
                 param_types[model.number] = types.TEXT
             else:
                 return None
+            features, out.canonical = feature_input(call)
             outputs.append(out)
             targets[i] = ast.ResTarget(name=target.name or call.funcname[-1].sval.lower(),
-                                       val=as_float8_array(features_node(call)))
+                                       val=as_float8_array(features))
         if not outputs:
             return None
         stmt.targetList = tuple(targets)
@@ -292,7 +294,7 @@ class _StreamConsumer(Consumer):
                 pieces.append(block[:, 5 + off - 4: 5 + off + length])
                 continue
             out, model = outputs[i]
-            X = check_features(model, float8_array_block(block[:, 5 + off: 5 + off + length]))
+            X = batch_features(model, float8_array_block(block[:, 5 + off: 5 + off + length]), out.canonical)
             pred = np.asarray(run_plan(model, "predict", X), dtype=">f4").reshape(k, 1)
             pieces.append(np.broadcast_to(np.frombuffer(_I32.pack(4), np.uint8), (k, 4)))
             pieces.append(pred.view(np.uint8).reshape(k, 4))
@@ -316,7 +318,7 @@ class _StreamConsumer(Consumer):
             return
         self.rows = []
         for out, model in zip(self.plan.outputs, self.models):
-            X = check_features(model, float8_arrays([r[out.index] for r in rows]))
+            X = batch_features(model, float8_arrays([r[out.index] for r in rows]), out.canonical)
             pred = run_plan(model, out.function, X)
             encoded = encode_predictions(out.function, pred, bool(format_code(self.client_formats, out.index)))
             for r, v in zip(rows, encoded):

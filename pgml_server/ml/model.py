@@ -1,0 +1,144 @@
+"""What a model artifact holds, and how predict inputs become the estimator's features.
+
+Since preprocessing, an artifact is a `ModelBundle`: the estimator's own pickle, the fitted
+Preprocessor, the Labels of text classes, and the pgml.feature() value of every category the
+preprocessor knows. Artifacts from before hold the bare estimator; they load as models without
+preprocessing, whose features are numbers in the relation's column order, as before.
+
+`ModelInputs` turns each kind of predict input into features:
+- numbers (`pgml.predict(p, ARRAY[...])`, bound float8[]): Preprocessor.transform_numbers, with the
+  affine fast path (impute and scale elementwise) when every input is a plain number;
+- a row of Python values (a row constructor or VARIADIC scalars answered locally):
+  Preprocessor.transform_row;
+- canonical rows (the SQL rewrites send `ARRAY[pgml.feature(a), pgml.feature(b), ...]`, computed by
+  the upstream: numbers, booleans 0/1, temporal values in seconds, categories as their 53-bit
+  hash): the hashes are mapped back to the categories by one searchsorted per column, then
+  Preprocessor.transform as for a table. No per-value Python on the batch paths.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from protocol import sqlstate
+from protocol.errors import PgError
+
+from .preprocessing import ARRAY, CATEGORICAL, TEMPORAL, Labels, Preprocessor, TextColumn
+from .temporal import epoch_of_text
+
+_NOT_TEXT = b"\xff"        # never a category: UTF-8 has no 0xFF byte (the "unknown" slot)
+
+
+@dataclass
+class ModelBundle:
+    estimator_bytes: bytes
+    preprocessor: Preprocessor | None = None
+    labels: Labels | None = None
+    category_hashes: dict[str, list[float]] = field(default_factory=dict)   # column → pgml.feature of each
+
+    def dumps(self) -> bytes:
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unbundle(obj: Any) -> tuple[Any, ModelBundle | None]:
+    """(estimator, bundle) from an unpickled artifact; a bare estimator has no bundle."""
+    if isinstance(obj, ModelBundle):
+        return pickle.loads(obj.estimator_bytes), obj
+    return obj, None
+
+
+def categorical_vocabularies(pre: Preprocessor) -> dict[str, list[str]]:
+    """The categories (as text) of every text column the preprocessor encodes."""
+    out = {}
+    for column in pre._columns:
+        if column.kind.kind == CATEGORICAL and getattr(column, "text", False):
+            out[column.kind.name] = [bytes(v).decode("utf-8", "replace") for v in column.vocab.tolist()]
+    return out
+
+
+class ModelInputs:
+    """Predict inputs → features for a model with a preprocessor (see the module docstring)."""
+
+    def __init__(self, bundle: ModelBundle) -> None:
+        pre = bundle.preprocessor
+        self.pre = pre
+        self.kinds = pre.kinds
+        self.width = len(pre.input_names())
+        self.affine = pre.affine()
+        self.identity = self.affine is not None and bool((self.affine[1] == 0).all() and (self.affine[2] == 1).all())
+        self.columns = [k.name for k in self.kinds]
+        self.has_arrays = any(k.kind == ARRAY for k in self.kinds)
+        # Per text column: its categories' hashes sorted, and the categories in that order.
+        self.hashes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name, values in categorical_vocabularies(pre).items():
+            hashes = np.asarray(bundle.category_hashes.get(name, []), dtype=np.float64)
+            order = np.argsort(hashes, kind="stable")
+            words = np.array([v.encode("utf-8") for v in values] or [b""], dtype=object)
+            words = words[order] if len(values) else words[:0]
+            self.hashes[name] = (hashes[order], _fixed_width(words))
+
+    # -- numbers
+
+    def from_numbers(self, X: np.ndarray) -> np.ndarray:
+        if self.affine is not None and X.ndim == 2 and X.shape[1] == self.width:
+            fill, center, spread = self.affine
+            if not np.isfinite(X).all():
+                X = np.where(np.isfinite(X), X, fill)
+            # Trees take the numbers as they are (no scaling): nothing to compute then.
+            return X if self.identity else (X - center) / spread
+        return self.pre.transform_numbers(X)
+
+    # -- one row of Python values
+
+    def from_row(self, values) -> np.ndarray:
+        values = list(values)
+        for i, kind in enumerate(self.kinds):
+            if kind.kind == TEMPORAL and i < len(values) and isinstance(values[i], str):
+                values[i] = epoch_of_text(kind.subkind, values[i])     # an untyped (text) parameter
+        return self.pre.transform_row(values)
+
+    # -- canonical rows from the upstream (pgml.feature values)
+
+    def from_canonical(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        X = X.reshape(1, -1) if X.ndim == 1 else X
+        if self.has_arrays:
+            raise PgError(sqlstate.FEATURE_NOT_SUPPORTED,
+                          "a row constructor cannot carry the model's array columns",
+                          hint="Pass all features as one numeric ARRAY[...] instead, arrays spliced in order.")
+        if X.shape[1] != len(self.kinds):
+            raise _arity(self.kinds, X.shape[1])
+        columns = {}
+        for i, kind in enumerate(self.kinds):
+            x = X[:, i]
+            if kind.kind == CATEGORICAL:
+                columns[kind.name] = self._categories(kind.name, x)
+            else:
+                columns[kind.name] = x
+        return self.pre.transform(columns)
+
+    def _categories(self, name: str, x: np.ndarray) -> TextColumn:
+        null = np.isnan(x)
+        hashes, words = self.hashes.get(name, (np.empty(0), np.empty(0, dtype="S1")))
+        if len(hashes) == 0:
+            return TextColumn(np.full(len(x), _NOT_TEXT, dtype="S1"), null)
+        index = np.minimum(np.searchsorted(hashes, x), len(hashes) - 1)
+        hit = (hashes[index] == x) & ~null
+        values = np.where(hit, words[index], np.array(_NOT_TEXT, dtype=words.dtype))
+        return TextColumn(values, null)
+
+
+def _fixed_width(words: np.ndarray) -> np.ndarray:
+    width = max([len(w) for w in words] + [len(_NOT_TEXT)])
+    return np.array(list(words), dtype=f"S{width}") if len(words) else np.empty(0, dtype=f"S{width}")
+
+
+def _arity(kinds, got: int) -> PgError:
+    expected = ", ".join(f"{k.name} {k.type_name}" for k in kinds)
+    return PgError(sqlstate.INVALID_PARAMETER_VALUE,
+                   f"the model takes {len(kinds)} input values, got {got}",
+                   detail=f"The model's columns: {expected}.",
+                   hint="Pass one value per column, in the relation's column order, label excluded.")
