@@ -115,7 +115,7 @@ BAD_CALLS = [
     ("SELECT pgml.predict('no such project ''\"', ARRAY[1,2,3,4,5,6,7,8,9,10]::real[])", None, ("42",)),
     ("SELECT pgml.predict(-1, ARRAY[1,2,3,4,5,6,7,8,9,10]::real[])", None, ("42", "22")),
     ("SELECT pgml.predict(99999999999, ARRAY[1,2,3,4,5,6,7,8,9,10]::real[])", None, ("42", "22")),
-    ("SELECT pgml.predict('args-reg', ARRAY[1,2,3,4,5,6,7,8,9,NULL]::real[])", None, ("22",)),
+    # (a NULL feature is imputed now, as at training: tests/test_predict_positions.py)
     ("SELECT pgml.predict('args-reg', %s::real[])", (list(range(100_000)),), ("22",)),
     ("SELECT pgml.predict_proba('args-reg', ARRAY[1,2,3,4,5,6,7,8,9,10]::real[])", None, ("22", "42", "0A")),
     ("SELECT pgml.predict('args-reg')", None, ("42",)),

@@ -69,23 +69,40 @@ def test_no_bookkeeping_notices_reach_the_client(conn):
     assert notices == ["the client's own"]
 
 
+NULL_S6 = "ARRAY[age,sex,bmi,bp,s1,s2,s3,s4,s5,CASE WHEN target > 300 THEN NULL ELSE s6 END]"
+
+
+@pytest.fixture(scope="module")
+def strict(conn):
+    """A model whose s6 may not be missing (impute: error); the default imputes the training mean."""
+    conn.execute("SELECT * FROM pgml.train('pos-strict', 'regression', 'pgml.diabetes', 'target', 'ridge', "
+                 "preprocess => '{\"s6\": {\"impute\": \"error\"}}')")
+    return "pos-strict"
+
+
 @pytest.mark.parametrize("binary", [False, True])
-def test_null_feature_in_a_table_stream_is_an_error_and_the_session_survives(conn, binary):
-    """A NULL inside the feature array of one row: 22023 for the statement, not a dropped connection."""
+def test_null_feature_in_a_table_stream_is_imputed_or_an_error_and_the_session_survives(conn, strict, binary):
+    """A NULL inside the feature array of some rows is imputed as at training (the mean); with
+    impute: error it is the statement's error (22004), not a dropped connection."""
     cur = conn.cursor(binary=binary)
-    with pytest.raises(psycopg.errors.InvalidParameterValue) as info:
-        cur.execute("SELECT pgml.predict('pos-reg', ARRAY[age,sex,bmi,bp,s1,s2,s3,s4,s5,"
-                    "CASE WHEN target > 300 THEN NULL ELSE s6 END]) FROM pgml.diabetes").fetchall()
-    assert "NULL" in str(info.value)
+    rows = cur.execute(f"SELECT pgml.predict('pos-reg', {NULL_S6}), target > 300 FROM pgml.diabetes").fetchall()
+    assert len(rows) == 442 and all(p is not None for p, _ in rows)
+    mean_row = conn.execute(f"SELECT pgml.predict('pos-reg', {ONE.replace('-0.017', 'NULL')})").fetchone()[0]
+    assert mean_row is not None
+    with pytest.raises(psycopg.errors.NullValueNotAllowed) as info:
+        cur.execute(f"SELECT pgml.predict('{strict}', {NULL_S6}) FROM pgml.diabetes").fetchall()
+    assert "s6" in str(info.value)
     assert cur.execute("SELECT 1").fetchone() == (1,)
     assert len(cur.execute(f"SELECT pgml.predict('pos-reg', {FEATURES}) FROM pgml.diabetes").fetchall()) == 442
 
 
-def test_null_feature_in_the_general_path_is_an_error_and_the_session_survives(conn):
-    with pytest.raises(psycopg.errors.InvalidParameterValue) as info:
-        conn.execute("SELECT count(*) FROM pgml.diabetes WHERE pgml.predict('pos-reg', ARRAY[age,sex,bmi,bp,"
-                     "s1,s2,s3,s4,s5,CASE WHEN target > 300 THEN NULL ELSE s6 END]) > 100")
-    assert "NULL" in str(info.value)
+def test_null_feature_in_the_general_path_is_imputed_or_an_error_and_the_session_survives(conn, strict):
+    n = conn.execute(f"SELECT count(*) FROM pgml.diabetes WHERE pgml.predict('pos-reg', {NULL_S6}) IS NOT NULL"
+                     ).fetchone()[0]
+    assert n == 442
+    with pytest.raises(psycopg.errors.NullValueNotAllowed) as info:
+        conn.execute(f"SELECT count(*) FROM pgml.diabetes WHERE pgml.predict('{strict}', {NULL_S6}) > 100")
+    assert "s6" in str(info.value)
     assert conn.execute("SELECT 1").fetchone() == (1,)
 
 

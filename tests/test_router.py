@@ -66,7 +66,7 @@ def test_named_positional_and_defaults(router):
 
 def test_variadic_and_casts(router):
     call = router.classify("SELECT pgml.predict('p', 1, -2.5, 3)").statement.calls[0]
-    assert call.arguments([])["features"] == [1, -2.5, 3]
+    assert call.arguments([])["features"] == (1, -2.5, 3)        # VARIADIC values are a row
     call = router.classify("SELECT pgml.predict('p', '{1,2,3}'::real[])").statement.calls[0]
     assert call.arguments([])["features"] == [1.0, 2.0, 3.0]
     call = router.classify("SELECT pgml.predict(7, ARRAY[true, false])").statement.calls[0]

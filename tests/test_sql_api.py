@@ -147,7 +147,7 @@ def test_errors_keep_session_usable(trained):
             conn.execute("SELECT pgml.predict('no such project', ARRAY[1,2])")
         with pytest.raises(errors.InvalidParameterValue) as info:
             conn.execute("SELECT pgml.predict('api-reg', ARRAY[1,2])")
-        assert "expects 10" in str(info.value)
+        assert "takes 10 input values" in str(info.value) and "got 2" in str(info.value)
         with pytest.raises(errors.UndefinedTable):
             conn.execute("SELECT * FROM pgml.train('api-missing', 'regression', 'no_such_table', 'y')")
         with pytest.raises(errors.UndefinedColumn):

@@ -12,6 +12,7 @@ import pytest
 from psycopg import errors
 
 from pgml_server.ml import artifacts
+from pgml_server.ml.model import unbundle
 from pgml_server.ml.training.algorithms import ALGORITHMS
 
 DIABETES = "ARRAY[age,sex,bmi,bp,s1,s2,s3,s4,s5,s6]"
@@ -88,7 +89,7 @@ def test_every_algorithm_trains_and_predicts_through_sql(small_tables, algorithm
 
 
 def _estimator_of(upstream_dsn: str, project: str):
-    """The deployed model's estimator, read and verified straight from the upstream registry."""
+    """The deployed model's (estimator, bundle), read and verified straight from the upstream registry."""
     async def main():
         conn = await asyncpg.connect(upstream_dsn)
         try:
@@ -98,7 +99,7 @@ def _estimator_of(upstream_dsn: str, project: str):
                     "WHERE p.name = $1 ORDER BY d.id DESC LIMIT 1", project)
             blob = b"".join(bytes(r[0]) for r in await conn.fetch(
                 "SELECT data FROM pgml.files WHERE model_id = $1 ORDER BY part", model_id))
-            return artifacts.loads_model(key, blob)
+            return unbundle(artifacts.loads_model(key, blob))
         finally:
             await conn.close()
     return asyncio.run(main())
@@ -114,7 +115,9 @@ def test_sql_predictions_equal_the_estimators_own(small_tables, upstream, algori
                         (project,)).fetchall()
     X = np.array([r[0] for r in data])
     sql = np.array([r[1] for r in data])
-    own = np.asarray(_estimator_of(upstream.dsn, project).predict(X), dtype=np.float32)
+    estimator, bundle = _estimator_of(upstream.dsn, project)
+    # the estimator learned on the preprocessed features (scaled for linear and svm): same transform
+    own = np.asarray(estimator.predict(bundle.preprocessor.transform_numbers(X)), dtype=np.float32)
     np.testing.assert_allclose(sql, own, rtol=1e-5, atol=1e-4)
 
 
@@ -194,7 +197,7 @@ def test_first_errors_users_hit(small_tables):
     assert info.value.diag.sqlstate == "42704"
     with pytest.raises(errors.InvalidParameterValue) as info:
         conn.execute(f"SELECT pgml.predict('cov-metrics-reg', ARRAY[1, 2, 3])")
-    assert "expects 10" in str(info.value) and "got 3" in str(info.value)
+    assert "takes 10 input values" in str(info.value) and "got 3" in str(info.value)
     with pytest.raises(errors.InvalidParameterValue):
         conn.execute("SELECT * FROM pgml.deploy('cov-metrics-reg', 'worst_score')")
     with pytest.raises(errors.InvalidParameterValue):
@@ -220,15 +223,19 @@ def test_first_errors_users_hit(small_tables):
     assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_null_feature_in_training_names_the_column(conn):
+def test_null_feature_in_training_is_imputed_or_refused_by_name(conn):
+    """NULL features are imputed by default (the mean, recorded in the snapshot's analysis);
+    impute: error refuses the training, naming the column, and leaves no model behind."""
     conn.execute("DROP TABLE IF EXISTS cov_nulls")
     conn.execute("CREATE TABLE cov_nulls AS SELECT g::float8 AS x, CASE WHEN g = 7 THEN NULL ELSE g END::float8 "
                  "AS \"Odd Column\", g * 2.0 AS y FROM generate_series(1, 50) g")
+    conn.execute("SELECT * FROM pgml.train('cov-nulls', 'regression', 'cov_nulls', 'y')")
     with pytest.raises(psycopg.Error) as info:
-        conn.execute("SELECT * FROM pgml.train('cov-nulls', 'regression', 'cov_nulls', 'y')")
+        conn.execute("SELECT * FROM pgml.train('cov-nulls-strict', 'regression', 'cov_nulls', 'y', "
+                     "preprocess => '{\"Odd Column\": {\"impute\": \"error\"}}')")
     assert "Odd Column" in str(info.value)
     failed = conn.execute("SELECT count(*) FROM pgml.models m JOIN pgml.projects p ON p.id = m.project_id "
-                          "WHERE p.name = 'cov-nulls' AND m.status = 'in_progress'").fetchone()[0]
+                          "WHERE p.name LIKE 'cov-nulls%' AND m.status <> 'successful'").fetchone()[0]
     assert failed == 0
 
 

@@ -226,9 +226,13 @@ class GeneralPredict:
         await ex.execute(f"TRUNCATE {TEMP_TABLE}")
         done: set = set()
         stored: set | None = set() if len(self.calls) > 1 else None
-        for call in self.calls:
+        for i, call in enumerate(self.calls):
             await self._collect(session, call, raw_params, param_oids, done, stored)
-        await ex.execute(_CREATE_INDEX)
+            if i == 0:
+                # After the first load, before any pass one reads the table (a later call's
+                # features may come from these predictions): PostgreSQL refuses CREATE INDEX on a
+                # table that a query of the same transaction has used (55006).
+                await ex.execute(_CREATE_INDEX)
 
     # -- pass two
 
