@@ -22,7 +22,6 @@ from tests.transcripts import diff, lines, run, values
 
 NODE_DIR = Path(__file__).parent / "clients" / "node"
 SCRIPT = NODE_DIR / "pgml_pg.js"
-PID_REASON = "BackendKeyData pid is not the upstream's yet (issue 11)"
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +82,12 @@ def test_transcript_through_the_server_is_the_upstreams(transcripts):
     assert b == a, diff(a, b)
 
 
-@pytest.mark.xfail(reason=PID_REASON, strict=False)
 def test_notification_pid_is_the_notifiers(transcripts):
     """NotificationResponse's pid is the notifying backend's pg_backend_pid(), wherever NOTIFY came from."""
     got = values(transcripts[1])
     assert [got[f"listen.{s}.pid_matches"] for s in ("direct", "target", "self")] == ["true"] * 3
 
 
-@pytest.mark.xfail(reason=PID_REASON, strict=False)
 def test_backend_key_data_pid_is_the_upstreams(transcripts):
     """client.processID (from BackendKeyData) is the listener's own pg_backend_pid(), as direct."""
     assert values(transcripts[1])["listen.backend_key.pid_matches"] == "true"
@@ -123,14 +120,8 @@ def test_pgml_calls(transcripts):
     assert got["pgml.table.usable"] == '[{"one":1}]'
 
 
-PARSE_REASON = ("server bug: a rewritten predict statement (predict over a table, or next to another column) "
-                "Parsed with no declared parameter types, as node-postgres sends it, gets the server's own 08P01 "
-                "'bind message supplies N parameters, but prepared statement requires M' at Bind: local.py takes "
-                "the parameter count from the declared types or route.rewrite.param_types (GeneralPredict: always "
-                "[]; StreamPredict: up to the last $n that is a model argument), not from the $n in the query")
 
 
-@pytest.mark.xfail(reason=PARSE_REASON, strict=True)
 def test_pgml_over_a_table_with_bind_parameters(transcripts):
     got = values(transcripts[1])
     correct = got["pgml.table.stream"].split("correct=")[1]
@@ -173,7 +164,6 @@ def test_bound_predict_over_a_table_with_declared_parameter_types(server, raw_mo
     assert answers[:2] == ["1", "2"] and answers[-2:] == ["C", "Z"] and "D" in answers, answers
 
 
-@pytest.mark.xfail(reason=PARSE_REASON, strict=True)
 @pytest.mark.parametrize("query", list(QUERIES))
 def test_bound_predict_over_a_table_without_parameter_types(server, raw_model, query):
     sql, params = QUERIES[query]

@@ -87,3 +87,27 @@ def test_null_feature_in_the_general_path_is_an_error_and_the_session_survives(c
                      "s1,s2,s3,s4,s5,CASE WHEN target > 300 THEN NULL ELSE s6 END]) > 100")
     assert "NULL" in str(info.value)
     assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_predict_inside_a_cte_filtered_by_the_prediction(conn, expected):
+    """Pass one must not carry the CTE's own (unrewritten) call to the upstream: PostgreSQL would
+    answer `function pgml.predict(unknown, real[]) does not exist`."""
+    n = conn.execute(f"WITH s AS (SELECT pgml.predict('pos-reg', {FEATURES}) p FROM pgml.diabetes) "
+                     "SELECT count(*) FROM s WHERE p IS NOT NULL").fetchone()[0]
+    assert n == 442
+    above = conn.execute(f"WITH s AS (SELECT ctid::text AS id, pgml.predict('pos-reg', {FEATURES}) p "
+                         "FROM pgml.diabetes), t AS (SELECT id FROM s WHERE p > 150) SELECT id FROM t").fetchall()
+    assert sorted(r[0] for r in above) == sorted(k for k, v in expected.items() if v > 150)
+
+
+def test_predict_from_the_predictions_of_a_subquery(conn, expected):
+    """An outer call whose features are an inner call's predictions: the inner ones are stored first."""
+    rows = conn.execute(f"SELECT s.id, pgml.predict('pos-reg', ARRAY[s.p / 1000, 0, 0, 0, 0, 0, 0, 0, 0, 0]) AS q, s.p "
+                        f"FROM (SELECT ctid::text AS id, pgml.predict('pos-reg', {FEATURES}) AS p "
+                        "FROM pgml.diabetes) s ORDER BY s.id LIMIT 5").fetchall()
+    assert len(rows) == 5
+    for id_, q, p in rows:
+        assert p == pytest.approx(expected[id_], rel=1e-5)
+        direct = conn.execute("SELECT pgml.predict('pos-reg', %s::float8[])",
+                              ([p / 1000] + [0.0] * 9,)).fetchone()[0]
+        assert q == pytest.approx(direct, rel=1e-4)

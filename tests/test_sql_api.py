@@ -227,3 +227,18 @@ def test_second_server_serves_same_models_and_follows_deploys(trained, start_ser
                 break
             time.sleep(0.05)
         assert got == pytest.approx(expected)
+
+
+def test_load_dataset_again_keeps_views_over_it(server):
+    """Reloading a dataset that a user's view depends on replaces its rows; the view keeps working
+    (DROP TABLE would fail with 2BP01 'other objects depend on it')."""
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT pgml.load_dataset('wine')")
+        conn.execute("CREATE OR REPLACE VIEW public.wine_view AS SELECT alcohol, target FROM pgml.wine")
+        try:
+            assert rows(conn, "SELECT * FROM pgml.load_dataset('wine', \"limit\" => 10)") == [("pgml.wine", 10)]
+            assert rows(conn, "SELECT count(*) FROM public.wine_view") == [(10,)]
+            assert rows(conn, "SELECT * FROM pgml.load_dataset('wine')") == [("pgml.wine", 178)]
+            assert rows(conn, "SELECT count(*) FROM public.wine_view") == [(178,)]
+        finally:
+            conn.execute("DROP VIEW public.wine_view")

@@ -38,6 +38,19 @@ def has_pgml_call(node) -> bool:
     return bool(pgml_calls(node))
 
 
+def param_count(node) -> int:
+    """The highest $n in `node`: how many parameters a Bind of the statement supplies."""
+    highest = 0
+
+    class Finder(pglast.visitors.Visitor):
+        def visit_ParamRef(self, ancestors, ref):
+            nonlocal highest
+            highest = max(highest, ref.number)
+
+    Finder()(node)
+    return highest
+
+
 def statement_source(sql: str, raw: ast.RawStmt) -> str:
     """The text of one statement of a multi-statement string (locations are byte offsets)."""
     data = sql.encode()

@@ -23,7 +23,7 @@ from ...pipeline.consumers import Collector, Relay
 from ...pipeline.internal import InternalStatement, run_internal
 from ...pipeline.session_executor import SessionExecutor
 from ..arrays import float8_arrays
-from ..astutil import deparse, has_pgml_call, is_pgml_call
+from ..astutil import deparse, has_pgml_call, is_pgml_call, param_count
 from ..encoding import with_formats
 from .common import as_float8_array, as_text, features_node, model_node, resolve_model
 
@@ -85,8 +85,9 @@ def _contains(node, target) -> bool:
     return False
 
 
-def _from_items(scope, call) -> tuple[list, list]:
-    """FROM items and predict-free WHERE conjuncts of one enclosing statement."""
+def _from_items(scope, lookup, lookups: list) -> tuple[list, list]:
+    """FROM items and predict-free WHERE conjuncts of one enclosing statement (the calls are
+    lookups by now: `lookup` is this call's, `lookups` every call's)."""
     if isinstance(scope, ast.SelectStmt):
         items = list(scope.fromClause or ())
     elif isinstance(scope, ast.UpdateStmt):
@@ -94,17 +95,22 @@ def _from_items(scope, call) -> tuple[list, list]:
     else:
         items = [scope.relation] + list(scope.usingClause or ())
     # An item that holds the call itself (a LATERAL subquery) is replaced by the call's own scope.
-    items = [i for i in items if not _contains(i, call)]
-    where = [c for c in _conjuncts(scope.whereClause) if not has_pgml_call(c)]
+    items = [i for i in items if not _contains(i, lookup)]
+    where = [c for c in _conjuncts(scope.whereClause) if not any(_contains(c, x) for x in lookups)]
     return items, where
 
 
-def _pass_one_queries(call, scopes: list, withs: list) -> list[str]:
-    """Candidate pass-one queries, from the innermost scope outwards (outer columns need more FROM)."""
-    model, feats = as_text(model_node(call)), as_float8_array(features_node(call))
+def _pass_one_queries(call: "_Call", lookup, lookups: list, scopes: list, withs: list) -> list[str]:
+    """Candidate pass-one queries, from the innermost scope outwards (outer columns need more FROM).
+
+    They are built once every call of the statement is a lookup, so a call whose features come
+    from another call's predictions (a subquery or CTE that predicts) reads them from the temp
+    table: the inner call is collected first. Whatever the candidates hold, no pgml call reaches
+    the upstream, which knows no pgml.predict."""
+    model, feats = as_text(call.model), as_float8_array(call.features)
     queries, items, where = [], [], []
     for scope in reversed(scopes):
-        more_items, more_where = _from_items(scope, call)
+        more_items, more_where = _from_items(scope, lookup, lookups)
         items = items + more_items
         where = where + more_where
         select = ast.SelectStmt(
@@ -115,6 +121,8 @@ def _pass_one_queries(call, scopes: list, withs: list) -> list[str]:
                          else (where[0] if where else None)),
             withClause=withs[0] if withs else None,
             op=enums.SetOperation.SETOP_NONE, limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT)
+        if has_pgml_call(select):     # cannot happen once every call is a lookup: a guard, not a path
+            raise PgError(sqlstate.INTERNAL_ERROR, "pgml-server left a pgml call in a pass-one query")
         queries.append(deparse(select))
     return queries
 
@@ -128,6 +136,7 @@ class GeneralPredict:
 
     @classmethod
     def build(cls, stmt) -> "GeneralPredict | None":
+        n_params = param_count(stmt)
         stmt = copy.deepcopy(stmt)
         _name_predict_columns(stmt)
         found: list = []
@@ -143,13 +152,25 @@ class GeneralPredict:
                               hint="Only pgml.predict, pgml.predict_proba and pgml.predict_joint run per row.")
             if not scopes:
                 return None
-            calls.append((node, _Call(name, model_node(node), features_node(node),
-                                      _pass_one_queries(node, scopes, withs))))
+            call = _Call(name, model_node(node), features_node(node), [])
+            calls.append((node, scopes, call, _lookup(call)))
         if not calls:
             return None
-        for node, call in calls:
-            _replace(stmt, node, _lookup(call))
-        return cls(deparse(stmt), [c for _, c in calls])
+        for node, _, _, lookup in calls:
+            _replace(stmt, node, lookup)
+        lookups = [lookup for *_, lookup in calls]
+        for _, scopes, call, lookup in calls:
+            call.passes = _pass_one_queries(call, lookup, lookups, scopes, withs)
+        # The walk meets an outer call before the calls inside its FROM (or its CTEs): collecting
+        # in reverse order stores every inner prediction before an outer pass one reads it.
+        ordered = [call for _, _, call, _ in reversed(calls)]
+        if has_pgml_call(stmt):
+            raise PgError(sqlstate.INTERNAL_ERROR, "pgml-server left a pgml call in a rewritten statement")
+        plan = cls(deparse(stmt), ordered)
+        # Every $n, typed by the client or by the upstream (0): a client that declares no types
+        # (node-postgres) binds as many values as the statement has parameters.
+        plan.param_types = [0] * n_params
+        return plan
 
     # -- pass one
 

@@ -24,7 +24,7 @@ from ...pipeline.consumers import Collector
 from ...pipeline.fifo import Consumer
 from ...pipeline.internal import InternalStatement, run_internal
 from ..arrays import float8_array_block, float8_arrays
-from ..astutil import deparse, has_pgml_call, is_pgml_call
+from ..astutil import deparse, has_pgml_call, is_pgml_call, param_count
 from ..encoding import format_code, with_formats
 from .common import OUTPUT, as_float8_array, encode_predictions, features_node, model_node, resolve_model
 
@@ -69,6 +69,7 @@ class StreamPredict:
             return None
         if stmt.sortClause and _sorts_by_prediction(stmt):
             return None
+        n_params = param_count(stmt)      # of the client's statement: model $n are replaced below
         stmt = copy.deepcopy(stmt)
         outputs, param_types = [], {}
         targets = list(stmt.targetList)
@@ -95,36 +96,41 @@ class StreamPredict:
         # Any other pgml call left (e.g. inside WHERE) needs the general strategy.
         if has_pgml_call(stmt):
             return None
-        n = max(param_types) if param_types else 0
-        plan = cls(deparse(stmt), outputs, [param_types.get(i, 0) for i in range(1, n + 1)])
+        # Every $n of the statement, not only the model ones: a client that declares no types
+        # (node-postgres) binds as many values as the statement has parameters.
+        plan = cls(deparse(stmt), outputs, [param_types.get(i, 0) for i in range(1, n_params + 1)])
         plan.ncols = len(targets)
         return plan
 
     # -- execution
 
-    def _statement(self, params=(), param_formats=(), result_formats=(), *, execute: bool = True):
-        return InternalStatement(self.sql, _STMT, self.param_types, params, param_formats, result_formats,
+    def _statement(self, param_oids, params=(), param_formats=(), result_formats=(), *, execute: bool = True):
+        # The upstream parses with the parameter types the client declared (those it left open
+        # are the ones inferred here), so it reads the values exactly as the client sent them.
+        return InternalStatement(self.sql, _STMT, param_oids, params, param_formats, result_formats,
                                  describe=execute, execute=execute)
 
-    async def _run(self, session, params, param_formats, client_formats, emit_description: bool,
+    async def _run(self, session, param_oids, params, param_formats, client_formats, emit_description: bool,
                    model_params: list, *, extended: bool) -> None:
         models = [await resolve_model(session, o.model if o.param is None else model_params[o.param])
                   for o in self.outputs]
         formats = _formats_for(client_formats, self.outputs, self.ncols)
         consumer = _StreamConsumer(session, self, models, client_formats, emit_description)
-        await run_internal(session, self._statement(params, param_formats, formats), consumer, extended=extended)
+        await run_internal(session, self._statement(param_oids, params, param_formats, formats), consumer,
+                           extended=extended)
 
     async def run_simple(self, session, sql: str) -> None:
-        await self._run(session, [], [], [0], True, [], extended=False)
+        await self._run(session, self.param_types, [], [], [0], True, [], extended=False)
 
     async def run_extended(self, session, portal) -> None:
         raw = portal.raw_params
-        await self._run(session, raw.params, raw.param_formats, portal.result_formats, False, portal.params,
-                        extended=True)
+        await self._run(session, portal.prepared.param_oids, raw.params, raw.param_formats, portal.result_formats,
+                        False, portal.params, extended=True)
 
     async def describe(self, session, prepared, portal) -> bytes:
         """ParameterDescription + RowDescription (statement) or RowDescription (portal) from the upstream."""
-        consumer = await run_internal(session, self._statement(execute=False), Collector(), extended=True)
+        declared = (prepared if prepared is not None else portal.prepared).param_oids
+        consumer = await run_internal(session, self._statement(declared, execute=False), Collector(), extended=True)
         fields = list(consumer.fields or [])
         for out in self.outputs:
             f = fields[out.index]
