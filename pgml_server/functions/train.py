@@ -17,7 +17,7 @@ from ..db import registry
 from ..db.names import quote_ident
 from ..ml import artifacts
 from ..ml.training import TrainingError
-from ..ml.training.algorithms import make_estimator
+from ..ml.training.algorithms import DEFAULT_ALGORITHMS, TASKS, UNSUPERVISED, make_estimator
 from ..ml.training.copy_binary import copy_binary_matrix, parse_copy_binary
 from ..ml.training.metrics import key_metric
 from ..ml.training.worker import TrainingJob, train_in_subprocess
@@ -27,7 +27,6 @@ log = logging.getLogger("pgml_server.train")
 
 TEXT, BOOL, JSONB, REAL = types.TEXT, types.BOOL, types.JSONB, types.FLOAT4
 TEXT_ARRAY = types.ARRAY_OF[types.TEXT]
-TASKS = ("regression", "classification")
 STRATEGIES = ("best_score", "most_recent", "rollback")
 _NUMERIC_TYPES = {types.BOOL, types.INT2, types.INT4, types.INT8, types.FLOAT4, types.FLOAT8, types.NUMERIC}
 
@@ -36,7 +35,7 @@ _TRAIN_PARAMS = [
     Param("task", TEXT, None),
     Param("relation_name", TEXT, None),
     Param("y_column_name", TEXT, None),
-    Param("algorithm", TEXT, "linear"),
+    Param("algorithm", TEXT, None),          # None: the task's default (linear, kmeans, pca)
     Param("hyperparams", JSONB, {}),
     Param("search", TEXT, None),
     Param("search_params", JSONB, {}),
@@ -74,8 +73,6 @@ async def _train(ctx, args: dict, *, joint: bool):
     if args["runtime"] not in (None, "python"):
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE, f"unknown runtime {args['runtime']!r}",
                       hint="pgml-server trains with the python runtime.")
-    if args["algorithm"] is None:
-        args["algorithm"] = "linear"
     return await _run_training(ctx, args, task, joint)
 
 
@@ -85,7 +82,7 @@ def _task(task: str | None) -> str | None:
     task = task.lower()
     if task not in TASKS:
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE, f"unknown task {task!r}",
-                      hint="The task is 'regression' or 'classification'.")
+                      hint="The task is one of " + ", ".join(TASKS) + ".")
     return task
 
 
@@ -97,6 +94,8 @@ async def _run_training(ctx, args: dict, task: str | None, joint: bool):
         raise PgError(sqlstate.UNDEFINED_OBJECT, f'project "{name}" does not exist',
                       hint="The first pgml.train of a project names its task, relation and label column.")
     task = task or project.task
+    if args["algorithm"] is None:
+        args["algorithm"] = DEFAULT_ALGORITHMS[task]
     _validate(args, task)
     if project is None:
         project = await registry.get_or_create_project(ex, name, task)
@@ -105,7 +104,8 @@ async def _run_training(ctx, args: dict, task: str | None, joint: bool):
                       f'project "{name}" is a {project.task} project, not {task}')
     snapshot = await _snapshot_for(ex, project, args, joint)
     features, labels = await _columns(ex, snapshot)
-    X, y, classes = await _load(ex, snapshot, features, labels, task)
+    unsupervised = task in UNSUPERVISED     # a label column, if named, is left out and not used
+    X, y, classes, names = await _load(ex, snapshot, features, [] if unsupervised else labels, task)
     ctx.notice(f"pgml.train: {X.shape[0]} rows × {X.shape[1]} features from snapshot {snapshot.id}")
     model_id = await registry.create_model(ex, project.id, snapshot.id, args["algorithm"], args["hyperparams"],
                                            args["search"], args["search_params"], args["search_args"])
@@ -123,6 +123,7 @@ async def _run_training(ctx, args: dict, task: str | None, joint: bool):
     metrics = dict(result.metrics)
     if classes is not None:
         metrics["classes"] = classes
+    metrics["feature_names"] = names        # ml/explain.py feature_sources
     artifact = artifacts.sign(ctx.models.key, result.estimator_bytes)
     await registry.finish_model(ex, model_id, num_features=X.shape[1], metrics=metrics,
                                 hyperparams=result.hyperparams, artifact=artifact)
@@ -143,6 +144,9 @@ def _validate(args: dict, task: str) -> None:
         make_estimator(args["algorithm"], task, args["hyperparams"] or {})
     except TrainingError as exc:
         raise _pg(exc) from None
+    if args["search"] is not None and task in UNSUPERVISED:
+        raise PgError(sqlstate.FEATURE_NOT_SUPPORTED, f"hyperparameter search is not supported for {task}",
+                      hint="Train one model per setting; the key metric ranks them for pgml.deploy.")
     if args["search"] not in (None, "grid", "random"):
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE, f"unknown search {args['search']!r}",
                       hint="search is 'grid' or 'random'.")
@@ -177,6 +181,9 @@ async def _snapshot_for(ex, project, args: dict, joint: bool):
                           hint="Name the relation and the label column the first time.")
         return snapshot
     y = args["y_column_name"]
+    if y is None and project.task in UNSUPERVISED:
+        return await registry.create_snapshot(ex, relation, [], args["test_size"], args["test_sampling"],
+                                              materialized=True)
     if y is None:
         raise PgError(sqlstate.NULL_VALUE_NOT_ALLOWED, "y_column_name is required with relation_name")
     ys = list(y) if joint else [y]
@@ -199,7 +206,8 @@ async def _columns(ex, snapshot) -> tuple[list[tuple[str, int]], list[tuple[str,
 
 
 async def _load(ex, snapshot, features, labels, task):
-    """Snapshot rows → (X, y) by binary COPY; arrays (of any dimension) are flattened into their elements."""
+    """Snapshot rows → (X, y, classes, feature names) by binary COPY; arrays (of any dimension) are
+    flattened into their elements, named col[1], col[2], …; no labels (unsupervised): y is (n, 0)."""
     table = f"pgml.snapshot_{int(snapshot.id)}"
     exprs, oids, names, laterals = [], [], [], []
     for name, oid in features:
@@ -221,7 +229,7 @@ async def _load(ex, snapshot, features, labels, task):
         else:
             raise PgError(sqlstate.DATATYPE_MISMATCH, f'feature column "{name}" is not numeric',
                           hint="Features must be numbers, booleans or arrays of them; cast or encode text first.")
-    text_label = labels[0][1] not in _NUMERIC_TYPES
+    text_label = bool(labels) and labels[0][1] not in _NUMERIC_TYPES
     for name, oid in labels:
         exprs.append(f"s.{quote_ident(name)}::text" if text_label else _as_float8(f"s.{quote_ident(name)}", oid))
         oids.append(types.TEXT if text_label else types.FLOAT8)
@@ -239,7 +247,7 @@ async def _load(ex, snapshot, features, labels, task):
         y = matrix[:, n_features] if len(labels) == 1 else matrix[:, n_features:]
         if X.shape[0] == 0:
             raise PgError(sqlstate.INVALID_PARAMETER_VALUE, f"{snapshot.relation_name} has no rows to train on")
-        return X, y, None
+        return X, y, None, names[:n_features]
     try:
         cols = parse_copy_binary(data, oids, names)
     except TrainingError as exc:
@@ -260,7 +268,7 @@ async def _load(ex, snapshot, features, labels, task):
         y = np.column_stack([np.asarray(cols[l[0]], dtype=np.float64) for l in labels])
     if X.shape[0] == 0:
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE, f"{snapshot.relation_name} has no rows to train on")
-    return X, y, classes
+    return X, y, classes, names[:n_features]
 
 
 def _as_float8(expr: str, oid: int) -> str:

@@ -29,9 +29,11 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 
 from . import TrainingError
-from .algorithms import canonical_name, make_estimator
+from .algorithms import UNSUPERVISED, canonical_name, make_estimator
 from .metrics import key_metric, score
 from .split import train_test_split
+from ..explain import importance_source
+from .unsupervised import feature_stats, fit_unsupervised, permutation_importance
 
 Progress = Callable[[str], "Awaitable[None] | None"]
 
@@ -75,6 +77,8 @@ class TrainingResult:
 
 def run_job(job: TrainingJob, progress: Callable[[str], None] = lambda message: None) -> TrainingResult:
     """Split, fit (or search), score and pickle; `progress` receives a line per step."""
+    if job.task in UNSUPERVISED:
+        return _run_unsupervised(job, progress)
     outputs = job.y.shape[1] if job.y.ndim == 2 else 1
     name = canonical_name(job.algorithm)
     estimator = make_estimator(name, job.task, job.hyperparams, outputs=outputs, seed=job.seed)
@@ -97,6 +101,12 @@ def run_job(job: TrainingJob, progress: Callable[[str], None] = lambda message: 
         metrics = score(job.task, split.y_test, estimator.predict(split.X_test),
                         _probabilities(estimator, split.X_test, job.task))
         score_time = time.perf_counter() - started
+        # What pgml.explain and pgml.feature_importance need later (ml/explain.py).
+        metrics["feature_stats"] = feature_stats(split.X_train)
+        if outputs == 1 and importance_source(estimator) is None:
+            importance = permutation_importance(estimator, split.X_test, split.y_test, job.seed, progress)
+            if importance is not None:
+                metrics["permutation_importance"] = importance
     notes = _warning_lines(caught)
     for note in notes:
         progress(f"warning: {note}")
@@ -107,6 +117,27 @@ def run_job(job: TrainingJob, progress: Callable[[str], None] = lambda message: 
         estimator_bytes=pickle.dumps(estimator, protocol=pickle.HIGHEST_PROTOCOL), metrics=metrics,
         hyperparams=used, num_features=features, classes=_classes(estimator), fit_time=fit_time,
         score_time=score_time, search_results=search_results, warnings=notes)
+
+
+def _run_unsupervised(job: TrainingJob, progress: Callable[[str], None]) -> TrainingResult:
+    """Clustering or decomposition: fit on the training rows, score on the test rows."""
+    if job.search:
+        raise TrainingError("0A000", f"hyperparameter search is not supported for {job.task}",
+                            hint="Train one model per setting; the key metric ranks them for pgml.deploy.")
+    name = canonical_name(job.algorithm)
+    estimator = make_estimator(name, job.task, job.hyperparams, seed=job.seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        estimator, metrics, fit_time, score_time, features = fit_unsupervised(
+            job.task, estimator, job.X, job.test_size, job.test_sampling, job.seed, progress)
+    notes = _warning_lines(caught)
+    for note in notes:
+        progress(f"warning: {note}")
+    metrics.update(fit_time=fit_time, score_time=score_time)
+    return TrainingResult(
+        estimator_bytes=pickle.dumps(estimator, protocol=pickle.HIGHEST_PROTOCOL), metrics=metrics,
+        hyperparams=_used_params(job.hyperparams), num_features=features, classes=None, fit_time=fit_time,
+        score_time=score_time, warnings=notes)
 
 
 def _search(job: TrainingJob, estimator, split, progress):
