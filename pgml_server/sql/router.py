@@ -26,7 +26,7 @@ MULTI = "multi"
 ERROR = "error"
 REWRITE = "rewrite"
 
-PREDICT_FUNCTIONS = frozenset({"predict", "predict_proba", "predict_joint", "predict_batch"})
+PREDICT_FUNCTIONS = frozenset({"predict", "predict_proba", "predict_joint", "predict_batch", "decompose"})
 
 
 class RewritePlan(Protocol):

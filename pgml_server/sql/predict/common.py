@@ -15,7 +15,7 @@ from ...ml.cache import CachedModel
 from ..arrays import REAL_ARRAY
 
 # Function → the type of its result column.
-OUTPUT = {"predict": types.FLOAT4, "predict_proba": REAL_ARRAY, "predict_joint": REAL_ARRAY}
+OUTPUT = {"predict": types.FLOAT4, "predict_proba": REAL_ARRAY, "predict_joint": REAL_ARRAY, "decompose": REAL_ARRAY}
 
 
 def type_name(name: str, *, array: bool = False) -> ast.TypeName:

@@ -39,7 +39,8 @@ _CREATE_INDEX = f"CREATE UNIQUE INDEX {_INDEX} ON {TEMP_TABLE} (features, fn, mo
 _STMT = "__pgml_general"
 _I16 = struct.Struct("!h")
 _I32 = struct.Struct("!i")
-_FUNCTIONS = {"predict": "prediction", "predict_proba": "prediction_array", "predict_joint": "prediction_array"}
+_FUNCTIONS = {"predict": "prediction", "predict_proba": "prediction_array", "predict_joint": "prediction_array",
+              "decompose": "prediction_array"}
 _SCOPES = (ast.SelectStmt, ast.UpdateStmt, ast.DeleteStmt)
 
 
@@ -149,7 +150,8 @@ class GeneralPredict:
             if name not in _FUNCTIONS or not node.args:
                 raise PgError(sqlstate.FEATURE_NOT_SUPPORTED,
                               f"pgml.{name} cannot be used inside a query over tables",
-                              hint="Only pgml.predict, pgml.predict_proba and pgml.predict_joint run per row.")
+                              hint="Only pgml.predict, pgml.predict_proba, pgml.predict_joint and pgml.decompose "
+                                   "run per row.")
             if not scopes:
                 return None
             call = _Call(name, model_node(node), features_node(node), [])
