@@ -54,14 +54,15 @@ def test_clustering_trains_without_a_label_and_stores_its_metrics(trained):
         assert rows(conn, "SELECT m.num_features FROM pgml.models m JOIN pgml.projects p ON p.id = m.project_id "
                           "WHERE p.name = 'unsup-labelled'") == [(4,)]
         for algorithm, params in [("mini_batch_kmeans", '{"n_clusters": 3}'), ("bisecting_kmeans", '{"n_clusters": 3}'),
-                                  ("mean_shift", "{}"), ("affinity_propagation", '{"damping": 0.9}')]:
+                                  ("mean_shift", "{}"), ("affinity_propagation", '{"damping": 0.9}'),
+                                  ("dbscan", '{"eps": 0.6}')]:
             out = rows(conn, "SELECT * FROM pgml.train('unsup-algos', 'clustering', 'unsup_iris', NULL, %s, %s)",
                        (algorithm, params))
             assert out[0][:3] == ("unsup-algos", "clustering", algorithm)
             assert rows(conn, "SELECT pgml.predict('unsup-algos', ARRAY[5.1, 3.5, 1.4, 0.2])")[0][0] is not None
         statuses = rows(conn, "SELECT m.status, m.metrics ? 'silhouette' FROM pgml.models m "
                               "JOIN pgml.projects p ON p.id = m.project_id WHERE p.name = 'unsup-algos'")
-        assert statuses == [("successful", True)] * 4
+        assert statuses == [("successful", True)] * 5
         # retraining with the project name alone: the last snapshot and the task's default algorithm
         assert rows(conn, "SELECT * FROM pgml.train('unsup-km', hyperparams => '{\"n_clusters\": 2}')") == \
             [("unsup-km", "clustering", "kmeans", True)]        # 2 clusters of iris have a higher silhouette
@@ -185,3 +186,13 @@ def test_bad_unsupervised_training_arguments(trained):
         # nothing was left behind for the refused trainings
         assert rows(conn, "SELECT count(*) FROM pgml.models m JOIN pgml.projects p ON p.id = m.project_id "
                           "WHERE p.name = 'unsup-bad' AND m.status <> 'failed'") == [(0,)]
+
+
+def test_dbscan_labels_new_rows_by_their_nearest_core_sample(trained):
+    with psycopg.connect(trained.dsn(), autocommit=True) as conn:
+        rows(conn, "SELECT * FROM pgml.train('unsup-dbscan', 'clustering', 'unsup_iris', NULL, 'dbscan', "
+                   "'{\"eps\": 0.6, \"min_samples\": 4}')")
+        labels = {r[0] for r in rows(conn, f"SELECT pgml.predict('unsup-dbscan', {FEATURES}) FROM pgml.iris")}
+        assert {0.0, 1.0} <= labels <= {-1.0, 0.0, 1.0, 2.0}
+        # far from every core sample: noise
+        assert rows(conn, "SELECT pgml.predict('unsup-dbscan', ARRAY[50, 50, 50, 50])") == [(-1.0,)]

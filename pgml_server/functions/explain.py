@@ -93,7 +93,8 @@ async def explain(ctx, project_name, features):
     if model.num_features and X.shape[1] != model.num_features:
         check_features(_Width(model.num_features), X)
     try:
-        result = contributions(model, X)
+        # Off the event loop: TreeSHAP over a large forest takes tens of milliseconds.
+        result = await asyncio.get_running_loop().run_in_executor(None, contributions, model, X)
     except Unsupported as exc:
         raise _unsupported(exc) from None
     except ValueError as exc:            # e.g. NaN for a linear model

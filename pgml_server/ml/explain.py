@@ -261,8 +261,8 @@ class PathTable:
     step_missing_left: np.ndarray  # (L, D) bool
     step_slot: np.ndarray         # (L, D) int
     step_valid: np.ndarray        # (L, D) bool
-    slot_feature: np.ndarray      # (L, D) int, -1 unused
-    slot_z: np.ndarray            # (L, D), 1 for unused slots
+    slot_feature: np.ndarray      # (L, S) int, -1 unused; S = the most distinct features of a path
+    slot_z: np.ndarray            # (L, S), 1 for unused slots
     n_slots: np.ndarray           # (L,)
     value: np.ndarray             # (L,) the leaf's value times its tree's weight
     round32: bool = True
@@ -289,11 +289,12 @@ def path_table(trees: list, values: list[np.ndarray], weights: list[float], roun
                 stack.append((child, path + [(f, thr, goes_left, ml, ratio)]))
     L = len(paths)
     D = max(1, max((len(p) for p in paths), default=1))
+    S = max(1, max((len({step[0] for step in p}) for p in paths), default=1))
     t = PathTable(
         step_feature=np.zeros((L, D), np.intp), step_threshold=np.zeros((L, D)),
         step_left=np.zeros((L, D), bool), step_missing_left=np.zeros((L, D), bool),
         step_slot=np.zeros((L, D), np.intp), step_valid=np.zeros((L, D), bool),
-        slot_feature=np.full((L, D), -1, np.intp), slot_z=np.ones((L, D)), n_slots=np.zeros(L, np.intp),
+        slot_feature=np.full((L, S), -1, np.intp), slot_z=np.ones((L, S)), n_slots=np.zeros(L, np.intp),
         value=np.asarray(leaf_values, dtype=np.float64), round32=round32)
     for i, path in enumerate(paths):
         slots: dict[int, int] = {}
@@ -329,45 +330,50 @@ def tree_shap(table: PathTable, x: np.ndarray, n_features: int) -> tuple[float, 
     value × (o_i − z_i) × Σ_k w(k, d) · [t^k] Π_{j≠i} (z_j + o_j t): a polynomial product per
     path, divided by one factor per feature (Lundberg's extend/unwind), vectorised over paths."""
     L, D = table.step_feature.shape
+    S = table.slot_feature.shape[1]
     xv = x.astype(np.float32).astype(np.float64) if table.round32 else np.asarray(x, dtype=np.float64)
     xs = xv[table.step_feature]
     go_left = np.where(np.isnan(xs), table.step_missing_left, xs <= table.step_threshold)
     follows = (go_left == table.step_left) | ~table.step_valid
-    o = np.ones((L, D))
+    o = np.ones((L, S))
     rows = np.arange(L)
     for j in range(D):
         o[rows, table.step_slot[:, j]] *= follows[:, j]
     used = table.slot_feature >= 0
     o = np.where(used, o, 0.0)
     z = table.slot_z
-    # P(t) = Π_s (z_s + o_s t), coefficients 0..D
-    P = np.zeros((L, D + 1))
+    # P(t) = Π_s (z_s + o_s t), coefficients 0..S
+    P = np.zeros((L, S + 1))
     P[:, 0] = 1.0
-    for s in range(D):
+    for s in range(S):
         zs, os_ = z[:, s:s + 1], o[:, s:s + 1]
         shifted = np.zeros_like(P)
         shifted[:, 1:] = P[:, :-1]
         P = P * zs + shifted * os_
     expected = float(table.value @ P[:, 0])
-    w = _shapley_weights(table.n_slots, D)
+    w = _shapley_weights(table.n_slots, S)
     phi = np.zeros(n_features)
-    for s in range(D):
-        active = used[:, s]
-        if not active.any():
+    for s in range(S):
+        active = np.flatnonzero(used[:, s])
+        if not active.size:
             continue
-        zs, os_ = z[:, s], o[:, s]
+        Pa, wa = P[active], w[active]
+        zs, os_ = z[active, s], o[active, s]
         # Q = P / (z_s + o_s t): synthetic division from the top when o_s = 1, a scaling when 0.
-        Q = np.zeros((L, D))
-        carry = P[:, D].copy()
-        for k in range(D - 1, -1, -1):
+        Q = np.empty((active.size, S))
+        carry = Pa[:, S].copy()
+        for k in range(S - 1, -1, -1):
             Q[:, k] = carry
-            carry = P[:, k] - zs * carry
-        with np.errstate(divide="ignore", invalid="ignore"):
-            Q0 = np.where(zs[:, None] > 0, P[:, :D] / zs[:, None], 0.0)
-        Q = np.where(os_[:, None] > 0, Q, Q0)
-        contrib = table.value * (os_ - zs) * (Q * w).sum(axis=1)
-        contrib = np.where(active, contrib, 0.0)
-        phi += np.bincount(np.where(active, table.slot_feature[:, s], 0), weights=contrib, minlength=n_features)
+            carry = Pa[:, k] - zs * carry
+        one = os_ > 0
+        totals = np.einsum("ij,ij->i", Q, wa)
+        if not one.all():
+            zero = ~one
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scaled = np.einsum("ij,ij->i", Pa[zero, :S], wa[zero]) / zs[zero]
+            totals[zero] = np.where(zs[zero] > 0, scaled, 0.0)
+        contrib = table.value[active] * (os_ - zs) * totals
+        phi += np.bincount(table.slot_feature[active, s], weights=contrib, minlength=n_features)
     return expected, phi
 
 

@@ -87,6 +87,14 @@ def _catboost(task: str) -> Callable[[], Any]:
     return factory
 
 
+def _dbscan():
+    from .unsupervised import NearestCoreDBSCAN
+    return NearestCoreDBSCAN()
+
+
+_dbscan.estimator_name = "NearestCoreDBSCAN"
+
+
 def _both(module: str, regressor: str | None, classifier: str | None, **defaults) -> dict[str, Callable]:
     entry = {}
     if regressor:
@@ -131,9 +139,11 @@ def _build_table() -> dict[tuple[str, str], Callable[[], Any]]:
         "kernel_ridge": _both("kernel_ridge", "KernelRidge", None),
         "gaussian_process": _both("gaussian_process", "GaussianProcessRegressor", "GaussianProcessClassifier"),
     }
-    # Unsupervised. Only clusterers that label new rows (a `predict`) are listed: spectral,
-    # agglomerative, dbscan and optics label only the rows they were fitted on.
+    # Unsupervised. Only clusterers that label new rows are listed: dbscan does through its core
+    # samples (unsupervised.NearestCoreDBSCAN); spectral, agglomerative and optics label only the
+    # rows they were fitted on.
     by_algorithm.update({
+        "dbscan": {"clustering": _dbscan},
         "kmeans": {"clustering": _sk("cluster", "KMeans")},
         "mini_batch_kmeans": {"clustering": _sk("cluster", "MiniBatchKMeans")},
         "bisecting_kmeans": {"clustering": _sk("cluster", "BisectingKMeans")},

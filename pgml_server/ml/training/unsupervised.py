@@ -43,6 +43,40 @@ def fit_unsupervised(task: str, estimator, X: np.ndarray, test_size, test_sampli
     return estimator, metrics, fit_time, score_time, features
 
 
+def _dbscan_class():
+    from sklearn.cluster import DBSCAN
+
+    class NearestCoreDBSCAN(DBSCAN):
+        """DBSCAN that labels new rows: a row within `eps` of a core sample takes the cluster of the
+        nearest core sample (what DBSCAN does for border points), any other row is noise (-1)."""
+
+        def predict(self, X):
+            from sklearn.metrics import pairwise_distances_argmin_min
+            X = np.asarray(X, dtype=np.float64)
+            labels = np.full(X.shape[0], -1, dtype=np.int64)
+            if len(getattr(self, "core_sample_indices_", ())) == 0:
+                return labels
+            nearest, distance = pairwise_distances_argmin_min(X, self.components_, metric=self.metric,
+                                                              metric_kwargs=self.metric_params or {})
+            core_labels = self.labels_[self.core_sample_indices_]
+            near = distance <= self.eps
+            labels[near] = core_labels[nearest[near]]
+            return labels
+
+    NearestCoreDBSCAN.__module__ = __name__
+    NearestCoreDBSCAN.__qualname__ = "NearestCoreDBSCAN"
+    return NearestCoreDBSCAN
+
+
+def __getattr__(name: str):
+    # The class is built on first use (importing scikit-learn is slow) and found here when unpickled.
+    if name == "NearestCoreDBSCAN":
+        cls = _dbscan_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(name)
+
+
 def feature_stats(X_train: np.ndarray) -> dict[str, list]:
     """Mean and (population) standard deviation of each training feature, NaN ignored.
 
