@@ -150,6 +150,11 @@ def test_explanation_errors(trained):
             rows(conn, "SELECT * FROM pgml.explain('ex-nothing', %s)", (x,))
         with pytest.raises(errors.UndefinedObject):
             rows(conn, "SELECT * FROM pgml.feature_importance('ex-nothing')")
+        conn.execute("SELECT * FROM pgml.train_joint('ex-joint', 'regression', 'pgml.diabetes', ARRAY['target', 's6'], "
+                     "'linear')")
+        with pytest.raises(errors.FeatureNotSupported) as err:
+            rows(conn, "SELECT * FROM pgml.explain('ex-joint', %s)", (x[:9],))
+        assert "one model per target" in err.value.diag.message_hint
         # a missing value goes the way the trees send it: LightGBM explains it
         out = rows(conn, "SELECT * FROM pgml.explain('ex-reg-lightgbm', %s)", ([None] + x[1:],))
         assert out[1][0] == "age" and out[1][1] is None

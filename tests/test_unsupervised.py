@@ -11,6 +11,9 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from pgml_server.ml.inference import PlanError, compile_plan
+from pgml_server.ml.training.algorithms import ALGORITHMS, UNSUPERVISED, make_estimator
+
 COLS = "sepal_length, sepal_width, petal_length, petal_width"
 FEATURES = f"ARRAY[{COLS}]"
 ROW = [5.1, 3.5, 1.4, 0.2]
@@ -196,3 +199,36 @@ def test_dbscan_labels_new_rows_by_their_nearest_core_sample(trained):
         assert {0.0, 1.0} <= labels <= {-1.0, 0.0, 1.0, 2.0}
         # far from every core sample: noise
         assert rows(conn, "SELECT pgml.predict('unsup-dbscan', ARRAY[50, 50, 50, 50])") == [(-1.0,)]
+
+
+PLAN_KINDS = {"kmeans": "centroids", "mini_batch_kmeans": "centroids", "mean_shift": "centroids",
+              "affinity_propagation": "centroids", "birch": "centroids", "bisecting_kmeans": "estimator",
+              "dbscan": "estimator", "pca": "projection", "incremental_pca": "projection",
+              "truncated_svd": "projection", "kernel_pca": "estimator", "fast_ica": "estimator", "nmf": "estimator"}
+UNSUPERVISED_PAIRS = sorted(p for p in ALGORITHMS if p[1] in UNSUPERVISED)
+
+
+def test_every_unsupervised_entry_is_classified_here():
+    assert {a for a, _ in UNSUPERVISED_PAIRS} == set(PLAN_KINDS)
+
+
+@pytest.mark.parametrize("algorithm,task", UNSUPERVISED_PAIRS, ids=[f"{a}-{t}" for a, t in UNSUPERVISED_PAIRS])
+def test_every_unsupervised_plan_agrees_with_its_estimator(algorithm, task):
+    from sklearn.datasets import load_iris
+    X = load_iris().data
+    params = {"n_clusters": 3} if algorithm in ("kmeans", "mini_batch_kmeans", "bisecting_kmeans", "birch") else \
+        {"n_components": 2} if task == "decomposition" and algorithm != "incremental_pca" else {}
+    estimator = make_estimator(algorithm, task, params, seed=0).fit(X[::2])
+    plan = compile_plan(estimator, task)
+    assert plan.kind == PLAN_KINDS[algorithm] and plan.task == task and plan.num_features == 4 and plan.nbytes > 0
+    for rows in (X[1::2], X[1:2]):
+        if task == "clustering":
+            np.testing.assert_array_equal(plan.predict(rows), estimator.predict(rows).astype(np.float64))
+            with pytest.raises(PlanError):
+                plan.transform(rows)
+        else:
+            np.testing.assert_allclose(plan.transform(rows), estimator.transform(rows), rtol=1e-9, atol=1e-9)
+            with pytest.raises(PlanError):
+                plan.predict(rows)
+        with pytest.raises(PlanError):
+            plan.predict_proba(rows)

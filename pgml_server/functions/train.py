@@ -106,6 +106,8 @@ async def _run_training(ctx, args: dict, task: str | None, joint: bool):
     features, labels = await _columns(ex, snapshot)
     unsupervised = task in UNSUPERVISED     # a label column, if named, is left out and not used
     X, y, classes, names = await _load(ex, snapshot, features, [] if unsupervised else labels, task)
+    if unsupervised and labels:
+        ctx.notice(f"pgml.train: {task} does not use a label: column {', '.join(l[0] for l in labels)} is left out")
     ctx.notice(f"pgml.train: {X.shape[0]} rows × {X.shape[1]} features from snapshot {snapshot.id}")
     model_id = await registry.create_model(ex, project.id, snapshot.id, args["algorithm"], args["hyperparams"],
                                            args["search"], args["search_params"], args["search_args"])

@@ -193,9 +193,12 @@ def contributions(model: ExplainModel, x: np.ndarray) -> Explanation:
                       hint="Supported: " + ", ".join(SUPPORTED_EXPLAIN) + ".")
 
 
-def _pick_class(raw: np.ndarray) -> int:
+def _pick_class(raw: np.ndarray, task: str = "classification") -> int:
     """Column of the explained class: the only one (regression, binary margin) or the argmax."""
     raw = np.ravel(raw)
+    if raw.size > 1 and task == "regression":
+        raise Unsupported("pgml.explain does not support joint (multi-target) regression models",
+                          hint="Train one model per target column to explain its predictions.")
     return 0 if raw.size == 1 else int(np.argmax(raw))
 
 
@@ -203,7 +206,7 @@ def _linear_contributions(model: ExplainModel, plan, x: np.ndarray) -> Explanati
     if np.isnan(x).any():
         raise ValueError(f"{model.algorithm} does not accept missing values (NULL or NaN)")
     d = (x @ plan.coef + plan.intercept)[0]
-    c = _pick_class(d)
+    c = _pick_class(d, model.task)
     coef, intercept = plan.coef[:, c], float(plan.intercept[c])
     mean = _stat(model, "mean")
     if mean is None:           # a model trained before the statistics were stored: base = intercept
@@ -226,7 +229,7 @@ def _lightgbm(est, x: np.ndarray, task: str) -> Explanation:
     raw = np.ravel(booster.predict(x, raw_score=True))
     contrib = np.ravel(booster.predict(x, pred_contrib=True))
     k = raw.size
-    c = _pick_class(raw)
+    c = _pick_class(raw, task)
     width = contrib.size // k
     row = contrib[c * width:(c + 1) * width]
     output = "prediction" if task == "regression" else "raw score (margin)" + _of_class(getattr(est, "classes_", None), c, raw)
@@ -239,7 +242,7 @@ def _xgboost(est, x: np.ndarray, task: str) -> Explanation:
     matrix = xgboost.DMatrix(x, missing=np.nan)
     raw = np.ravel(booster.predict(matrix, output_margin=True))
     contrib = np.asarray(booster.predict(matrix, pred_contribs=True))
-    c = _pick_class(raw)
+    c = _pick_class(raw, task)
     row = contrib[0, c] if contrib.ndim == 3 else contrib[0]
     output = "prediction" if task == "regression" else "raw score (margin)" + _of_class(getattr(est, "classes_", None), c, raw)
     return Explanation(float(row[-1]), np.asarray(row[:-1], dtype=np.float64), float(raw[c]), output)
