@@ -20,6 +20,7 @@ REGRESSORS = {
     "xgboost": '{"n_estimators": 30}',
     "random_forest": '{"n_estimators": 20}',
     "gradient_boosting_trees": '{"n_estimators": 30}',
+    "hist_gradient_boosting": '{"max_iter": 20}',
 }
 CLASSIFIERS = {
     "linear": '{"max_iter": 5000}',
@@ -116,7 +117,7 @@ def test_feature_importance(trained):
             assert sorted(r[0] for r in out) == sorted(DIABETES), algorithm
             values = [r[1] for r in out]
             assert values == sorted(values, reverse=True)
-            if algorithm != "svm":                  # permutation importance may be slightly negative
+            if algorithm not in ("svm", "hist_gradient_boosting"):   # permutation importance may be < 0
                 assert min(values) >= 0 and max(values) > 0
             if algorithm in ("random_forest", "gradient_boosting_trees"):
                 assert sum(values) == pytest.approx(1.0, rel=1e-5)
@@ -219,16 +220,22 @@ def test_tree_shap_matches_brute_force_shapley_values(seed):
 def test_sklearn_ensembles_explain_exactly():
     from sklearn.datasets import load_iris
     from sklearn.ensemble import (ExtraTreesRegressor, GradientBoostingClassifier, GradientBoostingRegressor,
+                                  HistGradientBoostingClassifier, HistGradientBoostingRegressor,
                                   RandomForestClassifier)
     X, y = load_iris(return_X_y=True)
+    missing = X.copy()
+    missing[::11, 2] = np.nan            # HistGradientBoosting: each node's own direction for NaN
     cases = [(GradientBoostingRegressor(n_estimators=20, random_state=0), "regression", X[:, 1:], X[:, 0]),
              (ExtraTreesRegressor(n_estimators=10, random_state=0), "regression", X[:, 1:], X[:, 0]),
              (GradientBoostingClassifier(n_estimators=10, random_state=0), "classification", X, y),
              (GradientBoostingClassifier(n_estimators=10, random_state=0), "classification", X, y == 1),
-             (RandomForestClassifier(n_estimators=10, random_state=0), "classification", X, y)]
+             (RandomForestClassifier(n_estimators=10, random_state=0), "classification", X, y),
+             (HistGradientBoostingRegressor(max_iter=15), "regression", missing[:, 1:], X[:, 0]),
+             (HistGradientBoostingClassifier(max_iter=10), "classification", missing, y),
+             (HistGradientBoostingClassifier(max_iter=10), "classification", missing, y == 2)]
     for estimator, task, features, target in cases:
         estimator.fit(features, target)
         model = ExplainModel(1, task, type(estimator).__name__, estimator, {}, features.shape[1])
-        for row in features[::37]:
+        for row in features[::7]:
             out = contributions(model, row.reshape(1, -1))
             assert out.base + out.contributions.sum() == pytest.approx(out.raw, abs=1e-9)

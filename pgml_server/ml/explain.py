@@ -18,10 +18,13 @@ Contributions (`contributions`), exact, summing to the raw output:
   is the prediction (regression) or the decision function (classification);
 - LightGBM (`pred_contrib=True`) and XGBoost (`pred_contribs=True`): their TreeSHAP; the raw
   output is the prediction (regression) or the margin (log-odds for binary logistic objectives);
-- scikit-learn decision trees, random forests, extra trees and gradient boosting: TreeSHAP
+- scikit-learn decision trees, random forests, extra trees, gradient boosting and histogram
+  gradient boosting (without categorical splits): TreeSHAP
   (path-dependent, Lundberg et al. 2018) computed here in numpy (`tree_shap`); the raw output is
-  the prediction (regression), the predicted class's probability (trees and forests: the mean of
-  the leaves' class fractions) or the predicted class's raw score (gradient boosting: log-odds).
+  the prediction (regression; histogram gradient boosting: the raw score before its loss's link,
+  the prediction for the default squared error), the predicted class's probability (trees and
+  forests: the mean of the leaves' class fractions) or the predicted class's raw score (gradient
+  boosting: log-odds).
 For a binary classifier the libraries give one margin, the positive class's (classes_[1]): that
 one is explained whatever class is predicted. Multi-class models explain the predicted class.
 """
@@ -36,12 +39,12 @@ import numpy as np
 from .inference.linear import compile_linear
 
 BASE = "(base)"
-SUPPORTED_EXPLAIN = ("linear models (linear, ridge, lasso, elastic_net, svm with a linear kernel: linear_svm, …)",
-                     "lightgbm", "xgboost", "random_forest", "extra_trees", "gradient_boosting_trees",
-                     "decision trees")
+SUPPORTED_EXPLAIN = ("linear models (linear, ridge, lasso, elastic_net, linear_svm, …)", "lightgbm", "xgboost",
+                     "random_forest", "extra_trees", "gradient_boosting_trees", "hist_gradient_boosting")
 _SK_TREES = ("DecisionTreeRegressor", "DecisionTreeClassifier", "ExtraTreeRegressor", "ExtraTreeClassifier")
 _SK_FORESTS = ("RandomForestRegressor", "RandomForestClassifier", "ExtraTreesRegressor", "ExtraTreesClassifier")
 _SK_BOOSTING = ("GradientBoostingRegressor", "GradientBoostingClassifier")
+_SK_HIST = ("HistGradientBoostingRegressor", "HistGradientBoostingClassifier")
 
 
 class Unsupported(Exception):
@@ -186,6 +189,8 @@ def contributions(model: ExplainModel, x: np.ndarray) -> Explanation:
     name = type(est).__name__
     if name in _SK_TREES + _SK_FORESTS + _SK_BOOSTING:
         return _sklearn_trees(model, x)
+    if name in _SK_HIST:
+        return _hist_gradient_boosting(model, x)
     plan = _linear(est)
     if plan is not None:
         return _linear_contributions(model, plan, x)
@@ -424,3 +429,34 @@ def _sklearn_trees(model: ExplainModel, x: np.ndarray) -> Explanation:
                                       [1.0 / len(trees)] * len(trees))
     expected, phi = tree_shap(model.cache[key], x[0], n)
     return Explanation(expected, phi, raw, output)
+
+
+def _hist_gradient_boosting(model: ExplainModel, x: np.ndarray) -> Explanation:
+    """HistGradientBoosting*: baseline + Σ tree values (shrinkage already in them), float64 splits,
+    a missing value going where each node sends it; `count` is the cover."""
+    from types import SimpleNamespace
+    est, task = model.estimator, model.task
+    if getattr(est, "is_categorical_", None) is not None and np.any(est.is_categorical_):
+        raise Unsupported("pgml.explain does not support categorical splits of hist_gradient_boosting",
+                          hint="Train it without categorical_features to explain it.")
+    raw_all = np.ravel(est.decision_function(x) if task == "classification" else est._raw_predict(x))
+    c = _pick_class(raw_all, task)
+    key = ("hist", c)
+    if key not in model.cache:
+        trees, values = [], []
+        for stage in est._predictors:
+            nodes = stage[c].nodes
+            leaf = nodes["is_leaf"].astype(bool)
+            trees.append(SimpleNamespace(
+                children_left=np.where(leaf, -1, nodes["left"].astype(np.intp)),
+                children_right=np.where(leaf, -1, nodes["right"].astype(np.intp)),
+                feature=nodes["feature_idx"].astype(np.intp), threshold=nodes["num_threshold"].astype(np.float64),
+                weighted_n_node_samples=nodes["count"].astype(np.float64),
+                missing_go_to_left=nodes["missing_go_to_left"].astype(bool)))
+            values.append(nodes["value"].astype(np.float64))
+        model.cache[key] = path_table(trees, values, [1.0] * len(trees), round32=False)
+    expected, phi = tree_shap(model.cache[key], x[0], model.num_features)
+    baseline = float(np.ravel(est._baseline_prediction)[c])
+    classes = getattr(est, "classes_", None)
+    output = "raw score" if task == "regression" else "raw score (log-odds)" + _of_class(classes, c, raw_all)
+    return Explanation(baseline + expected, phi, float(raw_all[c]), output)
