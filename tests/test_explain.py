@@ -87,8 +87,9 @@ def _sigmoid(v):
 
 def test_classification_contributions_add_up_to_the_raw_score(trained):
     with psycopg.connect(trained.dsn(), autocommit=True) as conn:
-        columns = [r[0] for r in rows(conn, "SELECT attname FROM pg_attribute WHERE attrelid = 'pgml.breast_cancer'::regclass "
-                                            "AND attnum > 0 AND NOT attisdropped AND attname <> 'malignant' ORDER BY attnum")]
+        columns = [r[0] for r in rows(conn, "SELECT attname FROM pg_attribute "
+                                            "WHERE attrelid = 'pgml.breast_cancer'::regclass AND attnum > 0 "
+                                            "AND NOT attisdropped AND attname <> 'malignant' ORDER BY attnum")]
         for algorithm in CLASSIFIERS:
             project = f"ex-bin-{algorithm}"
             for x in table_rows(conn, "pgml.breast_cancer", columns, 3):

@@ -72,7 +72,8 @@ def test_dataset_layouts_match_postgresml(conn):
     assert len(bc) == 31 and bc[-1] == "malignant" and "mean_radius" in bc
 
 
-@pytest.mark.parametrize("algorithm, task", sorted(p for p in ALGORITHMS if p[1] in SUPERVISED))  # unsupervised: test_unsupervised.py
+# Unsupervised entries are tests/test_unsupervised.py's.
+@pytest.mark.parametrize("algorithm, task", sorted(p for p in ALGORITHMS if p[1] in SUPERVISED))
 def test_every_algorithm_trains_and_predicts_through_sql(small_tables, algorithm, task):
     conn = small_tables
     table, label, feats = (("cov_diabetes_small", "target", DIABETES) if task == "regression"

@@ -91,7 +91,8 @@ def test_predict_returns_the_cluster_id_everywhere(trained):
         assert [g[0] for g in groups] == [0.0, 1.0, 2.0]
         assert [g[1] for g in groups] == [labels.count(c) for c in (0.0, 1.0, 2.0)]
         # clusters follow the species: each species lies mostly in one cluster
-        by_species = rows(conn, f"SELECT target, mode() WITHIN GROUP (ORDER BY pgml.predict('unsup-km3', {FEATURES})) "
+        by_species = rows(conn, "SELECT target, mode() WITHIN GROUP "
+                                f"(ORDER BY pgml.predict('unsup-km3', {FEATURES})) "
                                 "FROM pgml.iris GROUP BY target ORDER BY target")
         assert len({r[1] for r in by_species}) == 3
 

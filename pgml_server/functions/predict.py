@@ -213,7 +213,6 @@ def predict_batch(ctx, project_name, features):
     return with_model(ctx, project_name, compute)
 
 
-
 @register("decompose", _PREDICT_PARAMS, [("decompose", REAL_ARRAY)],
           description="the components of one row under the project's deployed decomposition model (pca, …)")
 def decompose(ctx, project_name, features):

@@ -187,7 +187,8 @@ async def _snapshot_for(ex, project, args: dict, joint: bool):
         return await registry.create_snapshot(ex, relation, [], args["test_size"], args["test_sampling"],
                                               materialized=True)
     if y is None:
-        raise PgError(sqlstate.NULL_VALUE_NOT_ALLOWED, f"y_column_name is required with relation_name for {project.task}",
+        raise PgError(sqlstate.NULL_VALUE_NOT_ALLOWED,
+                      f"y_column_name is required with relation_name for {project.task}",
                       hint="Only clustering and decomposition train without a label column.")
     ys = list(y) if joint else [y]
     return await registry.create_snapshot(ex, relation, ys, args["test_size"], args["test_sampling"],

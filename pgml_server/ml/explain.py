@@ -237,7 +237,8 @@ def _lightgbm(est, x: np.ndarray, task: str) -> Explanation:
     c = _pick_class(raw, task)
     width = contrib.size // k
     row = contrib[c * width:(c + 1) * width]
-    output = "prediction" if task == "regression" else "raw score (margin)" + _of_class(getattr(est, "classes_", None), c, raw)
+    output = "prediction" if task == "regression" else \
+        "raw score (margin)" + _of_class(getattr(est, "classes_", None), c, raw)
     return Explanation(float(row[-1]), row[:-1].copy(), float(raw[c]), output)
 
 
@@ -249,7 +250,8 @@ def _xgboost(est, x: np.ndarray, task: str) -> Explanation:
     contrib = np.asarray(booster.predict(matrix, pred_contribs=True))
     c = _pick_class(raw, task)
     row = contrib[0, c] if contrib.ndim == 3 else contrib[0]
-    output = "prediction" if task == "regression" else "raw score (margin)" + _of_class(getattr(est, "classes_", None), c, raw)
+    output = "prediction" if task == "regression" else \
+        "raw score (margin)" + _of_class(getattr(est, "classes_", None), c, raw)
     return Explanation(float(row[-1]), np.asarray(row[:-1], dtype=np.float64), float(raw[c]), output)
 
 
