@@ -183,6 +183,28 @@ def test_aggregate_sums_features_of_one_source():
                                                                    ("size", -0.25, 1)]
 
 
+def test_one_hot_features_sum_back_to_their_source_column():
+    """A stored feature_sources list (what preprocessing will write) maps several model features
+    to one column: explain and feature_importance sum them there."""
+    from sklearn.linear_model import LinearRegression
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.normal(size=200), rng.integers(0, 2, 200), rng.integers(0, 2, 200)]).astype(float)
+    y = X @ [1.0, 2.0, -3.0] + 0.5
+    estimator = LinearRegression().fit(X, y)
+    metrics = {"feature_names": ["size", "color_red", "color_blue"], "feature_sources": ["size", "color", "color"],
+               "feature_stats": {"mean": list(X.mean(axis=0)), "std": list(X.std(axis=0))}}
+    model = ExplainModel(1, "regression", "linear", estimator, metrics, 3)
+    from pgml_server.ml.explain import feature_sources, importances
+    assert feature_sources(model) == ["size", "color", "color"]
+    out = contributions(model, X[:1])
+    summed = aggregate(out.contributions, feature_sources(model))
+    assert [s for s, _, _ in summed] == ["size", "color"] and summed[1][2] == 2
+    assert summed[1][1] == pytest.approx(out.contributions[1] + out.contributions[2])
+    assert out.base + sum(v for _, v, _ in summed) == pytest.approx(float(estimator.predict(X[:1])[0]))
+    values, _ = importances(model)
+    np.testing.assert_allclose(values, np.abs(estimator.coef_) * X.std(axis=0))
+
+
 def _brute_force_shapley(tree, x, n):
     def expectation(node, S):
         if tree.children_left[node] < 0:

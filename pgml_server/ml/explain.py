@@ -79,8 +79,12 @@ def feature_sources(model: ExplainModel) -> list[str]:
 
     Today the model's features are the snapshot's columns in order, array columns expanded into
     `col[1]`, `col[2]`, … (functions/train.py `_load`), so this is the identity on those names.
-    Preprocessing that encodes one column into several features (one-hot) maps them all to it
-    here, and importances and contributions are summed per source."""
+    Preprocessing that encodes one column into several features (one-hot) maps them all to it:
+    training stores that list as metrics["feature_sources"] (the preprocessor's
+    feature_sources()), and importances and contributions are summed per source."""
+    sources = (model.metrics or {}).get("feature_sources")
+    if isinstance(sources, list) and len(sources) == model.num_features:
+        return [str(s) for s in sources]
     return model.feature_names
 
 
