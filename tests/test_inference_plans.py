@@ -13,7 +13,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.preprocessing import StandardScaler
 
 from pgml_server.ml.inference import PlanError, compile_plan, gpu
-from pgml_server.ml.training.algorithms import ALGORITHMS, make_estimator
+from pgml_server.ml.training.algorithms import ALGORITHMS, SUPERVISED, make_estimator
 
 LINEAR = {
     "linear", "ridge", "lasso", "elastic_net", "least_angle", "lasso_least_angle", "orthogonal_matching_pursuit",
@@ -98,7 +98,8 @@ def assert_agrees(plan, estimator, task: str, X_test, *, rtol=1e-6, atol=1e-6) -
             plan.predict_proba(X_test[:1])
 
 
-PAIRS = sorted(ALGORITHMS)
+# Supervised entries; clustering and decomposition plans are tests/test_unsupervised.py's.
+PAIRS = sorted(p for p in ALGORITHMS if p[1] in SUPERVISED)
 
 
 def test_every_algorithm_is_classified_here():

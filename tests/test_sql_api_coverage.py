@@ -13,7 +13,7 @@ from psycopg import errors
 
 from pgml_server.ml import artifacts
 from pgml_server.ml.model import unbundle
-from pgml_server.ml.training.algorithms import ALGORITHMS
+from pgml_server.ml.training.algorithms import ALGORITHMS, SUPERVISED
 
 DIABETES = "ARRAY[age,sex,bmi,bp,s1,s2,s3,s4,s5,s6]"
 IRIS = "ARRAY[sepal_length,sepal_width,petal_length,petal_width]"
@@ -73,7 +73,8 @@ def test_dataset_layouts_match_postgresml(conn):
     assert len(bc) == 31 and bc[-1] == "malignant" and "mean_radius" in bc
 
 
-@pytest.mark.parametrize("algorithm, task", sorted(ALGORITHMS))
+# Unsupervised entries are tests/test_unsupervised.py's.
+@pytest.mark.parametrize("algorithm, task", sorted(p for p in ALGORITHMS if p[1] in SUPERVISED))
 def test_every_algorithm_trains_and_predicts_through_sql(small_tables, algorithm, task):
     conn = small_tables
     table, label, feats = (("cov_diabetes_small", "target", DIABETES) if task == "regression"

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from pgml_server.ml.training import TrainingError
-from pgml_server.ml.training.algorithms import (ALGORITHMS, algorithms_for, canonical_name, default_algorithm,
-                                             estimator_name, make_estimator, supports_multi_output)
+from pgml_server.ml.training.algorithms import (ALGORITHMS, SUPERVISED, algorithms_for, canonical_name,
+                                             default_algorithm, estimator_name, make_estimator,
+                                             supports_multi_output)
 
 SEED_REGRESSION_ONLY = ["lasso", "elastic_net", "least_angle", "lasso_least_angle", "orthogonal_matching_pursuit",
                         "bayesian_ridge", "automatic_relevance_determination", "ransac", "theil_sen", "huber",
@@ -40,7 +41,7 @@ def test_estimator_classes(algorithm, task, expected):
     assert type(make_estimator(algorithm, task, {})).__name__ == expected == estimator_name(algorithm, task)
 
 
-@pytest.mark.parametrize("algorithm,task", sorted(ALGORITHMS))
+@pytest.mark.parametrize("algorithm,task", sorted(p for p in ALGORITHMS if p[1] in SUPERVISED))
 def test_every_entry_fits_and_predicts(algorithm, task):
     X, y = _data(task)
     light = {"n_estimators": 5} if "n_estimators" in make_estimator(algorithm, task, {}).get_params() else {}

@@ -74,3 +74,9 @@ SELECT * FROM pgml.train('Segments', 'classification', 'shop.segments', 'segment
                          '{"n_estimators": 30}');
 SELECT segment, pgml.predict_label('Segments', (user_tenure, age, location, tier, newsletter)) AS predicted
 FROM shop.segments LIMIT 8;
+
+-- Which columns matter (one-hot and calendar features sum back to their column), and why one
+-- prediction is what it is: the contributions add up to it, from the (base) value
+SELECT * FROM pgml.feature_importance('Purchases');
+SELECT * FROM pgml.explain('Purchases', (interval '200 days', 35, 'Paris', 'pro'::shop.tier, 'growth', true,
+                                         date '2024-05-01'));

@@ -1,4 +1,4 @@
-"""pgml.predict, predict_proba, predict_joint and predict_batch with constant or bound features.
+"""pgml.predict, predict_proba, predict_joint, predict_batch and decompose with constant or bound features.
 
 The hot path: a cached model answers synchronously (no await, no upstream, no parser); only a
 cache miss returns a coroutine that loads the model first.
@@ -86,9 +86,38 @@ async def authorize(ctx, model: CachedModel) -> None:
     ctx.session.readable_models.add(model.model_id)
 
 
+# (function, task) → hint, for the pairs that do not go together (SQLSTATE 42809 wrong_object_type).
+_WRONG_TASK = {
+    ("predict", "decomposition"): "A decomposition model transforms rows: use pgml.decompose(project_name, features).",
+    ("predict_joint", "decomposition"): "Use pgml.decompose(project_name, features) for a decomposition model.",
+    ("predict_batch", "decomposition"): "Use pgml.decompose(project_name, features) for a decomposition model.",
+    ("predict_proba", "regression"): "Use pgml.predict for regression models.",
+    ("predict_proba", "clustering"): "A clustering model gives a cluster id: use pgml.predict.",
+    ("predict_proba", "decomposition"): "Use pgml.decompose(project_name, features) for a decomposition model.",
+    ("decompose", "regression"): "pgml.decompose needs a decomposition model (pca, …): use pgml.predict.",
+    ("decompose", "classification"): "pgml.decompose needs a decomposition model (pca, …): use pgml.predict.",
+    ("decompose", "clustering"): "pgml.decompose needs a decomposition model (pca, …): use pgml.predict for "
+                                 "the cluster id.",
+}
+_NEEDS = {"predict_proba": "a classification model", "decompose": "a decomposition model"}
+
+
+def check_task(model: CachedModel, function: str) -> None:
+    """A model of the wrong task for the function is a clear error (42809) with a hint."""
+    hint = _WRONG_TASK.get((function, model.task))
+    if hint is not None:
+        needs = _NEEDS.get(function, "a regression, classification or clustering model")
+        raise PgError(sqlstate.WRONG_OBJECT_TYPE,
+                      f"pgml.{function} needs {needs}, but model {model.model_id} is a {model.task} model",
+                      hint=hint)
+
+
 def run_plan(model: CachedModel, function: str, X: np.ndarray):
     """A block of rows through the model's plan, for the batch paths; a refusal by the plan (NaN
     features for a model that takes none, no probabilities) is the caller's input error (22023)."""
+    check_task(model, function)
+    if function == "decompose":
+        return _checked(lambda m: m.plan.transform(X), model)
     if function == "predict_proba":
         return _checked(lambda m: m.plan.predict_proba(X), model)
     if function == "predict_label":
@@ -170,7 +199,12 @@ _PREDICT_PARAMS = [Param("project_name", ANY), Param("features", REAL_ARRAY, var
           description="predict one row with the project's deployed model (or a model id)")
 def predict(ctx, project_name, features):
     X = _inputs(features)
-    return with_model(ctx, project_name, lambda model: _first(model.plan.predict(model_features(model, X))))
+
+    def compute(model):
+        if model.task == "decomposition":
+            check_task(model, "predict")
+        return _first(model.plan.predict(model_features(model, X)))
+    return with_model(ctx, project_name, compute)
 
 
 def _first(out) -> float:
@@ -190,9 +224,7 @@ def predict_proba(ctx, project_name, features):
     X = _inputs(features)
 
     def compute(model):
-        if model.task != "classification":
-            raise PgError(sqlstate.WRONG_OBJECT_TYPE, "pgml.predict_proba needs a classification model",
-                          hint="Use pgml.predict for regression models.")
+        check_task(model, "predict_proba")
         return [float(p) for p in model.plan.predict_proba(model_features(model, X))[0]]
     return with_model(ctx, project_name, compute)
 
@@ -203,6 +235,7 @@ def predict_joint(ctx, project_name, features):
     X = _inputs(features)
 
     def compute(model):
+        check_task(model, "predict_joint")
         out = np.asarray(model.plan.predict(model_features(model, X)))
         return [float(v) for v in np.ravel(out[0])]
     return with_model(ctx, project_name, compute)
@@ -215,6 +248,7 @@ def predict_batch(ctx, project_name, features):
     flat = _features(features).ravel()
 
     def compute(model):
+        check_task(model, "predict_batch")
         n = model.inputs.width if model.inputs is not None else (model.num_features or flat.size)
         if flat.size % n:
             raise PgError(sqlstate.INVALID_PARAMETER_VALUE,
@@ -235,4 +269,15 @@ def predict_label(ctx, project_name, features):
             raise PgError(sqlstate.WRONG_OBJECT_TYPE, "pgml.predict_label needs a classification model",
                           hint="Use pgml.predict for regression models.")
         return labels_of(model, model.plan.predict(model_features(model, X)))[0]
+    return with_model(ctx, project_name, compute)
+
+
+@register("decompose", _PREDICT_PARAMS, [("decompose", REAL_ARRAY)],
+          description="the components of one row under the project's deployed decomposition model (pca, …)")
+def decompose(ctx, project_name, features):
+    X = _inputs(features)
+
+    def compute(model):
+        check_task(model, "decompose")
+        return [float(v) for v in np.ravel(model.plan.transform(model_features(model, X))[0])]
     return with_model(ctx, project_name, compute)

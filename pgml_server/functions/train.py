@@ -20,7 +20,7 @@ from ..ml.model import ModelBundle, categorical_vocabularies
 from ..ml.preprocessing import CATEGORICAL, Labels, column_kind, decode_copy, infer_task, parse_preprocess
 from ..ml.preprocessing.sql import RELATION_COLUMNS_SQL, kinds_from_rows, select_canonical, wire_types
 from ..ml.training import TrainingError
-from ..ml.training.algorithms import make_estimator
+from ..ml.training.algorithms import DEFAULT_ALGORITHMS, TASKS, UNSUPERVISED, make_estimator
 from ..ml.training.metrics import key_metric
 from ..ml.training.worker import TrainingJob, train_in_subprocess
 from .base import ANY, Param, register
@@ -29,7 +29,6 @@ log = logging.getLogger("pgml_server.train")
 
 TEXT, BOOL, JSONB, REAL = types.TEXT, types.BOOL, types.JSONB, types.FLOAT4
 TEXT_ARRAY = types.ARRAY_OF[types.TEXT]
-TASKS = ("regression", "classification")
 STRATEGIES = ("best_score", "most_recent", "rollback")
 _NUMERIC_TYPES = {types.BOOL, types.INT2, types.INT4, types.INT8, types.FLOAT4, types.FLOAT8, types.NUMERIC}
 
@@ -38,7 +37,7 @@ _TRAIN_PARAMS = [
     Param("task", TEXT, None),
     Param("relation_name", TEXT, None),
     Param("y_column_name", TEXT, None),
-    Param("algorithm", TEXT, "linear"),
+    Param("algorithm", TEXT, None),          # None: the task's default (linear, kmeans, pca)
     Param("hyperparams", JSONB, {}),
     Param("search", TEXT, None),
     Param("search_params", JSONB, {}),
@@ -77,8 +76,6 @@ async def _train(ctx, args: dict, *, joint: bool):
     if args["runtime"] not in (None, "python"):
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE, f"unknown runtime {args['runtime']!r}",
                       hint="pgml-server trains with the python runtime.")
-    if args["algorithm"] is None:
-        args["algorithm"] = "linear"
     return await _run_training(ctx, args, task, joint)
 
 
@@ -101,7 +98,7 @@ def _task(task: str | None) -> str | None:
     task = task.lower()
     if task not in TASKS:
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE, f"unknown task {task!r}",
-                      hint="The task is 'regression' or 'classification'.")
+                      hint="The task is one of " + ", ".join(TASKS) + ".")
     return task
 
 
@@ -116,23 +113,30 @@ async def _run_training(ctx, args: dict, task: str | None, joint: bool):
     if project is not None and task is None:
         task = project.task
     if task is not None:
-        _validate(args, task)
+        _settle(args, task)
     if args["relation_name"] is not None:
         # Column types, the preprocess spec and impute: error are checked on the relation itself,
         # before the snapshot: a refused training writes nothing to the registry.
-        await _check_relation(ex, args, joint)
-    snapshot = await _snapshot_for(ex, project, name, args, joint)
+        await _check_relation(ex, args, joint, task)
+    snapshot = await _snapshot_for(ex, project, name, task, args, joint)
     data = await _load(ex, snapshot, args)
     if task is None:
         task = _inferred_task(data)
         ctx.notice(f'pgml.train: task {task} inferred from the label column "{data.labels[0].name}"')
-        _validate(args, task)
+        _settle(args, task)
     if project is None:
         project = await registry.get_or_create_project(ex, name, task)
     elif project.task != task:
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE,
                       f'project "{name}" is a {project.task} project, not {task}')
-    y, labels = _labels(data, task)
+    unsupervised = task in UNSUPERVISED     # a label column, if named, is left out and not used
+    if unsupervised:
+        y, labels = np.zeros(len(next(iter(data.columns.values())))), None
+        if data.labels:
+            ctx.notice(f"pgml.train: {task} does not use a label: column "
+                       f"{', '.join(k.name for k in data.labels)} is left out")
+    else:
+        y, labels = _labels(data, task)
     ctx.notice(f"pgml.train: {len(y)} rows × {len(data.kinds)} columns from snapshot {snapshot.id}")
     model_id = await registry.create_model(ex, project.id, snapshot.id, args["algorithm"], args["hyperparams"],
                                            args["search"], args["search_params"], args["search_args"])
@@ -153,6 +157,9 @@ async def _run_training(ctx, args: dict, task: str | None, joint: bool):
     metrics = dict(result.metrics)
     if labels is not None:
         metrics["classes"] = labels.classes
+    # What pgml.explain and pgml.feature_importance speak of: the relation's columns (ml/explain.py).
+    metrics["feature_names"] = pre.feature_names()
+    metrics["feature_sources"] = pre.feature_sources()
     bundle = ModelBundle(result.estimator_bytes, pre, labels, hashes)
     artifact = artifacts.sign(ctx.models.key, bundle.dumps())
     await registry.record_snapshot_analysis(ex, snapshot.id, pre.postgresml_columns(), pre.analysis())
@@ -170,12 +177,23 @@ async def _run_training(ctx, args: dict, task: str | None, joint: bool):
     return (name, task, args["algorithm"], deployed)
 
 
+def _settle(args: dict, task: str) -> None:
+    """The task is known: the algorithm defaults to the task's own (linear, kmeans, pca), then
+    everything is checked before any registry row is written."""
+    if args["algorithm"] is None:
+        args["algorithm"] = DEFAULT_ALGORITHMS[task]
+    _validate(args, task)
+
+
 def _validate(args: dict, task: str) -> None:
     """Reject a bad algorithm or hyperparameter before any registry row is written."""
     try:
         make_estimator(args["algorithm"], task, args["hyperparams"] or {})
     except TrainingError as exc:
         raise _pg(exc) from None
+    if args["search"] is not None and task in UNSUPERVISED:
+        raise PgError(sqlstate.FEATURE_NOT_SUPPORTED, f"hyperparameter search is not supported for {task}",
+                      hint="Train one model per setting; the key metric ranks them for pgml.deploy.")
     if args["search"] not in (None, "grid", "random"):
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE, f"unknown search {args['search']!r}",
                       hint="search is 'grid' or 'random'.")
@@ -201,7 +219,7 @@ async def _mark_failed(ctx, model_id: int, exc: BaseException) -> None:
         log.warning("could not mark model %d failed: %s", model_id, err)
 
 
-async def _snapshot_for(ex, project, name: str, args: dict, joint: bool):
+async def _snapshot_for(ex, project, name: str, task: str | None, args: dict, joint: bool):
     relation = args["relation_name"]
     if relation is None:
         snapshot = await registry.last_snapshot(ex, project.id)
@@ -210,8 +228,13 @@ async def _snapshot_for(ex, project, name: str, args: dict, joint: bool):
                           hint="Name the relation and the label column the first time.")
         return snapshot
     y = args["y_column_name"]
+    if y is None and task in UNSUPERVISED:
+        return await registry.create_snapshot(ex, relation, [], args["test_size"], args["test_sampling"],
+                                              materialized=True)
     if y is None:
-        raise PgError(sqlstate.NULL_VALUE_NOT_ALLOWED, "y_column_name is required with relation_name")
+        raise PgError(sqlstate.NULL_VALUE_NOT_ALLOWED,
+                      f"y_column_name is required with relation_name for {task or 'a supervised task'}",
+                      hint="Only clustering and decomposition train without a label column.")
     ys = list(y) if joint else [y]
     return await registry.create_snapshot(ex, relation, ys, args["test_size"], args["test_sampling"],
                                           materialized=True)
@@ -243,13 +266,16 @@ async def _kinds(ex, relation: str, label_names: list[str]):
     return kinds, labels
 
 
-async def _check_relation(ex, args: dict, joint: bool) -> None:
+async def _check_relation(ex, args: dict, joint: bool, task: str | None) -> None:
     """Refuse a bad training before anything is written: unusable column types, a preprocess spec
     that names no column or an unknown option, impute: error on a column that has NULLs."""
     relation = args["relation_name"]
     ys = list(args["y_column_name"] or []) if joint else [args["y_column_name"]]
-    if ys == [None]:
-        raise PgError(sqlstate.NULL_VALUE_NOT_ALLOWED, "y_column_name is required with relation_name")
+    if ys == [None] and task in UNSUPERVISED:
+        ys = []                                 # clustering and decomposition need no label
+    elif ys == [None]:
+        raise PgError(sqlstate.NULL_VALUE_NOT_ALLOWED, "y_column_name is required with relation_name",
+                      hint="Name the label column; only clustering and decomposition train without one.")
     kinds, _ = await _kinds(ex, relation, ys)
     spec = parse_preprocess(args["preprocess"], kinds)
     strict = [name for name, s in spec.items() if s.impute == "error"]

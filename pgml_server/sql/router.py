@@ -26,7 +26,8 @@ MULTI = "multi"
 ERROR = "error"
 REWRITE = "rewrite"
 
-PREDICT_FUNCTIONS = frozenset({"predict", "score", "predict_proba", "predict_joint", "predict_label", "predict_batch"})
+PREDICT_FUNCTIONS = frozenset({"predict", "score", "predict_proba", "predict_joint", "predict_label", "predict_batch",
+                               "decompose"})
 
 
 class RewritePlan(Protocol):

@@ -13,7 +13,9 @@ from ..executor import Executor
 from .projects import Project, get_project
 
 DEPLOY_CHANNEL = "pgml_deploy"
-KEY_METRICS = {"regression": "r2", "classification": "f1"}    # higher is better for both
+# Higher is better for every one (ml/training/metrics.py KEY_METRICS, which db may not import).
+KEY_METRICS = {"regression": "r2", "classification": "f1", "clustering": "silhouette",
+               "decomposition": "explained_variance_ratio"}
 STRATEGIES = ("best_score", "most_recent", "rollback")
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from . import linear, trees
 from .contract import EstimatorPlan, MultiOutputPlan, Plan
+from .unsupervised import compile_unsupervised
 
 log = logging.getLogger("pgml_server.inference")
 
@@ -22,6 +23,8 @@ def compile_plan(estimator: Any, task: str, *, gpu: str = "off", native: bool = 
     there (trees.TreePlan.use_native); False keeps every batch on the compiled plan."""
     if gpu not in GPU_MODES:
         raise ValueError(f"gpu must be one of {GPU_MODES}, not {gpu!r}")
+    if task in ("clustering", "decomposition"):
+        return compile_unsupervised(estimator, task)
     from sklearn.multioutput import MultiOutputRegressor
     if isinstance(estimator, MultiOutputRegressor):
         return _compile_multi_output(estimator, task, gpu, native)

@@ -70,7 +70,8 @@ _SCALED_ALGORITHMS = {
     "kneighbors", "nearest_neighbors", "mlp", "neural_network", "multilayer_perceptron",
     "kmeans", "k_means", "mini_batch_kmeans", "affinity_propagation", "birch", "dbscan", "hdbscan",
     "optics", "mean_shift", "spectral", "spectral_clustering", "agglomerative", "feature_agglomeration",
-    "pca", "incremental_pca", "kernel_pca", "truncated_svd", "fast_ica", "ica", "nmf", "factor_analysis",
+    # (not nmf: it factorises non-negative data, which standard scaling would make negative)
+    "pca", "incremental_pca", "kernel_pca", "truncated_svd", "fast_ica", "ica", "factor_analysis",
     "dictionary_learning", "sparse_pca", "lda", "linear_discriminant_analysis", "qda",
 }
 _CALENDAR = {"timestamp": ("dow", "month", "day", "hour"), "timestamptz": ("dow", "month", "day", "hour"),

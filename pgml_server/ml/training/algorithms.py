@@ -16,8 +16,13 @@ from typing import Any, Callable
 
 from . import TrainingError
 
-TASKS = ("regression", "classification")
+SUPERVISED = ("regression", "classification")
+UNSUPERVISED = ("clustering", "decomposition")     # trained without a label column
+TASKS = SUPERVISED + UNSUPERVISED
 default_algorithm = "linear"
+# The algorithm pgml.train uses for a task when none is named (linear needs a label).
+DEFAULT_ALGORITHMS = {"regression": "linear", "classification": "linear", "clustering": "kmeans",
+                      "decomposition": "pca"}
 
 # The seed README spells it this way; PostgresML users' SQL may still say it.
 ALIASES = {"orthoganl_matching_pursuit": "orthogonal_matching_pursuit"}
@@ -82,6 +87,14 @@ def _catboost(task: str) -> Callable[[], Any]:
     return factory
 
 
+def _dbscan():
+    from .unsupervised import NearestCoreDBSCAN
+    return NearestCoreDBSCAN()
+
+
+_dbscan.estimator_name = "NearestCoreDBSCAN"
+
+
 def _both(module: str, regressor: str | None, classifier: str | None, **defaults) -> dict[str, Callable]:
     entry = {}
     if regressor:
@@ -106,7 +119,7 @@ def _build_table() -> dict[tuple[str, str], Callable[[], Any]]:
         "automatic_relevance_determination": _both(lm, "ARDRegression", None),
         "stochastic_gradient_descent": _both(lm, "SGDRegressor", "SGDClassifier"),
         "perceptron": _both(lm, None, "Perceptron"),
-        "passive_aggressive": {t: _passive_aggressive(t) for t in TASKS},
+        "passive_aggressive": {t: _passive_aggressive(t) for t in SUPERVISED},
         "ransac": _both(lm, "RANSACRegressor", None),
         "theil_sen": _both(lm, "TheilSenRegressor", None),
         "huber": _both(lm, "HuberRegressor", None),
@@ -126,10 +139,28 @@ def _build_table() -> dict[tuple[str, str], Callable[[], Any]]:
         "kernel_ridge": _both("kernel_ridge", "KernelRidge", None),
         "gaussian_process": _both("gaussian_process", "GaussianProcessRegressor", "GaussianProcessClassifier"),
     }
+    # Unsupervised. Only clusterers that label new rows are listed: dbscan does through its core
+    # samples (unsupervised.NearestCoreDBSCAN); spectral, agglomerative and optics label only the
+    # rows they were fitted on.
+    by_algorithm.update({
+        "dbscan": {"clustering": _dbscan},
+        "kmeans": {"clustering": _sk("cluster", "KMeans")},
+        "mini_batch_kmeans": {"clustering": _sk("cluster", "MiniBatchKMeans")},
+        "bisecting_kmeans": {"clustering": _sk("cluster", "BisectingKMeans")},
+        "birch": {"clustering": _sk("cluster", "Birch")},
+        "mean_shift": {"clustering": _sk("cluster", "MeanShift")},
+        "affinity_propagation": {"clustering": _sk("cluster", "AffinityPropagation")},
+        "pca": {"decomposition": _sk("decomposition", "PCA")},
+        "incremental_pca": {"decomposition": _sk("decomposition", "IncrementalPCA")},
+        "kernel_pca": {"decomposition": _sk("decomposition", "KernelPCA")},
+        "fast_ica": {"decomposition": _sk("decomposition", "FastICA")},
+        "nmf": {"decomposition": _sk("decomposition", "NMF")},
+        "truncated_svd": {"decomposition": _sk("decomposition", "TruncatedSVD")},
+    })
     optional = {"lightgbm": _lightgbm, "xgboost": _xgboost, "catboost": _catboost}
     for name, make in optional.items():
         if importlib.util.find_spec(name) is not None:
-            by_algorithm[name] = {t: make(t) for t in TASKS}
+            by_algorithm[name] = {t: make(t) for t in SUPERVISED}
     return {(alg, task): f for alg, entry in by_algorithm.items() for task, f in entry.items()}
 
 
@@ -174,7 +205,7 @@ def make_estimator(algorithm: str, task: str, hyperparams: dict | None = None, *
     Raises TrainingError 22023 for an unknown algorithm, task, hyperparameter name or value.
     """
     if task not in TASKS:
-        raise TrainingError("22023", f"unknown task {task!r}", hint="The task is 'regression' or 'classification'.")
+        raise TrainingError("22023", f"unknown task {task!r}", hint="The task is one of " + ", ".join(TASKS) + ".")
     name = canonical_name(algorithm)
     estimator = _factory(name, task)()
     params = dict(hyperparams or {})

@@ -2,22 +2,89 @@
 
 Names follow PostgresML: regression r2, mean_squared_error, mean_absolute_error,
 explained_variance; classification f1, precision, recall (macro averages), accuracy, mcc, and
-roc_auc / log_loss for binary problems with probabilities. Every value is a plain float, so the
-dict is JSON-ready. The key metric decides automatic deployment; for both tasks higher is better.
+roc_auc / log_loss for binary problems with probabilities. Clustering: silhouette (on a sample
+of at most SILHOUETTE_SAMPLE rows), calinski_harabasz, davies_bouldin (lower is better, but not a
+key metric) and n_clusters; decomposition: explained_variance_ratio (the kept components' total)
+and explained_variance_ratio_per_component. Every value is a plain float (or a list of them), so
+the dict is JSON-ready. The key metric decides automatic deployment; for every task higher is
+better.
 """
 from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 
-KEY_METRICS = {"regression": "r2", "classification": "f1"}
+KEY_METRICS = {"regression": "r2", "classification": "f1", "clustering": "silhouette",
+               "decomposition": "explained_variance_ratio"}
+SILHOUETTE_SAMPLE = 5000        # silhouette is O(n²) in memory and time: scored on a sample beyond this
 
 
 def key_metric(task: str) -> str:
-    """The metric that ranks models of `task` ('r2' or 'f1'; higher is better for both)."""
+    """The metric that ranks models of `task` (higher is better for every task)."""
     return KEY_METRICS[task]
+
+
+def score_clustering(X: np.ndarray, labels, seed: int | None = 0) -> dict[str, float | None]:
+    """Internal cluster-validity indices of `labels` on rows `X` (the test rows).
+
+    All three need at least 2 clusters and fewer clusters than rows; otherwise they are None.
+    Rows labelled -1 (noise, e.g. AffinityPropagation that did not converge) count as a cluster.
+    """
+    from sklearn import metrics as m
+    labels = np.asarray(labels)
+    n_clusters = int(len(np.unique(labels))) if labels.size else 0
+    values: dict[str, float | None] = {"n_clusters": float(n_clusters)}
+    if not 2 <= n_clusters <= X.shape[0] - 1:
+        values.update(silhouette=None, calinski_harabasz=None, davies_bouldin=None)
+        return values
+    sample = SILHOUETTE_SAMPLE if X.shape[0] > SILHOUETTE_SAMPLE else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        values["silhouette"] = _json_float(m.silhouette_score(X, labels, sample_size=sample, random_state=seed))
+        values["calinski_harabasz"] = _json_float(m.calinski_harabasz_score(X, labels))
+        values["davies_bouldin"] = _json_float(m.davies_bouldin_score(X, labels))
+    return values
+
+
+def score_decomposition(estimator, X: np.ndarray) -> dict[str, Any]:
+    """How much of the variance of rows `X` (the test rows) the fitted decomposition keeps.
+
+    Orthogonal projections (PCA, IncrementalPCA, TruncatedSVD): per component k, the variance of
+    the rows projected on component k over the total variance of X (scikit-learn's own definition
+    of explained_variance_ratio_, computed on these rows; whitening does not change it), and their
+    sum. Other decompositions (kernel PCA, ICA, NMF): the total is 1 − residual / total sum of
+    squares of the reconstruction `inverse_transform(transform(X))` when the estimator has one (no
+    per-component list); without one, None.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    total_ss = float(((X - X.mean(axis=0)) ** 2).sum())
+    name = type(estimator).__name__
+    values: dict[str, Any] = {"n_components": None, "explained_variance_ratio": None,
+                              "explained_variance_ratio_per_component": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        T = np.asarray(estimator.transform(X), dtype=np.float64)
+        values["n_components"] = float(T.shape[1])
+        if total_ss <= 0:
+            return values
+        if name in ("PCA", "IncrementalPCA", "TruncatedSVD"):
+            V = np.asarray(estimator.components_, dtype=np.float64)
+            center = np.asarray(getattr(estimator, "mean_", 0.0), dtype=np.float64)
+            P = (X - center) @ V.T
+            var = P.var(axis=0) * X.shape[0]          # sums of squares about the projection's mean
+            ratios = var / total_ss
+            values["explained_variance_ratio"] = _json_float(ratios.sum())
+            values["explained_variance_ratio_per_component"] = [_json_float(r) for r in ratios]
+            return values
+        try:
+            R = np.asarray(estimator.inverse_transform(T), dtype=np.float64)
+        except (AttributeError, NotImplementedError, ValueError):   # e.g. KernelPCA without fit_inverse_transform
+            return values
+        values["explained_variance_ratio"] = _json_float(1.0 - float(((X - R) ** 2).sum()) / total_ss)
+    return values
 
 
 def score(task: str, y_true, y_pred, y_proba=None) -> dict[str, float]:

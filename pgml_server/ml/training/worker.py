@@ -31,9 +31,11 @@ import numpy as np
 from protocol.errors import PgError
 
 from . import TrainingError
-from .algorithms import canonical_name, make_estimator
+from .algorithms import UNSUPERVISED, canonical_name, make_estimator
 from .metrics import key_metric, score
+from ..explain import importance_source
 from .split import Split, train_test_split
+from .unsupervised import feature_stats, fit_unsupervised, permutation_importance
 
 Progress = Callable[[str], "Awaitable[None] | None"]
 
@@ -85,6 +87,8 @@ class TrainingResult:
 
 def run_job(job: TrainingJob, progress: Callable[[str], None] = lambda message: None) -> TrainingResult:
     """Split, fit (or search), score and pickle; `progress` receives a line per step."""
+    if job.task in UNSUPERVISED:
+        return _run_unsupervised(job, progress)
     outputs = job.y.shape[1] if job.y.ndim == 2 else 1
     name = canonical_name(job.algorithm)
     estimator = make_estimator(name, job.task, job.hyperparams, outputs=outputs, seed=job.seed)
@@ -111,6 +115,12 @@ def run_job(job: TrainingJob, progress: Callable[[str], None] = lambda message: 
         metrics = score(job.task, split.y_test, estimator.predict(split.X_test),
                         _probabilities(estimator, split.X_test, job.task))
         score_time = time.perf_counter() - started
+        # What pgml.explain and pgml.feature_importance need later (ml/explain.py).
+        metrics["feature_stats"] = feature_stats(split.X_train)
+        if outputs == 1 and importance_source(estimator) is None:
+            importance = permutation_importance(estimator, split.X_test, split.y_test, job.seed, progress)
+            if importance is not None:
+                metrics["permutation_importance"] = importance
     notes = _warning_lines(caught)
     for note in notes:
         progress(f"warning: {note}")
@@ -127,19 +137,49 @@ def _preprocessed_split(job: TrainingJob, algorithm: str, progress: Callable[[st
     """Split the rows, then fit the preprocessing on the training rows only (no leak from the
     test rows into imputation, scaling or encodings) and transform both halves with it."""
     from ..preprocessing import Preprocessor, take_rows
-    n = len(job.y)
-    index = train_test_split(np.arange(n, dtype=np.float64).reshape(-1, 1), job.y, job.test_size,
-                             job.test_sampling, job.seed)
+    unsupervised = job.task in UNSUPERVISED
+    y = np.zeros(len(next(iter(job.columns.values())))) if unsupervised else job.y
+    sampling = "random" if unsupervised and job.test_sampling == "stratified" else job.test_sampling
+    index = train_test_split(np.arange(len(y), dtype=np.float64).reshape(-1, 1), y, job.test_size,
+                             sampling, job.seed)
     train_rows = index.X_train[:, 0].astype(np.int64)
     test_rows = index.X_test[:, 0].astype(np.int64)
     train, test = take_rows(job.columns, train_rows), take_rows(job.columns, test_rows)
     preprocessor = Preprocessor(job.kinds)
-    X_train = preprocessor.fit_transform(train, index.y_train, task=job.task, algorithm=algorithm,
-                                         spec=job.preprocess)
+    X_train = preprocessor.fit_transform(train, None if unsupervised else index.y_train, task=job.task,
+                                         algorithm=algorithm, spec=job.preprocess)
     X_test = preprocessor.transform(test)
     progress(f"preprocessed {len(job.kinds)} columns into {preprocessor.num_features} features "
              f"(fitted on the {len(train_rows)} training rows)")
     return Split(X_train, X_test, index.y_train, index.y_test, index.warning), preprocessor
+
+
+def _run_unsupervised(job: TrainingJob, progress: Callable[[str], None]) -> TrainingResult:
+    """Clustering or decomposition: fit on the training rows, score on the test rows."""
+    if job.search:
+        raise TrainingError("0A000", f"hyperparameter search is not supported for {job.task}",
+                            hint="Train one model per setting; the key metric ranks them for pgml.deploy.")
+    name = canonical_name(job.algorithm)
+    estimator = make_estimator(name, job.task, job.hyperparams, seed=job.seed)
+    preprocessor, X, test_size, sampling = None, job.X, job.test_size, job.test_sampling
+    if job.columns is not None:
+        # Split and preprocess as for a supervised task (no label: y is a placeholder), then
+        # hand the rows over training first, test last, so fit_unsupervised's 'last' split is ours.
+        split, preprocessor = _preprocessed_split(job, name, progress)
+        X = np.vstack([split.X_train, split.X_test])
+        test_size, sampling = len(split.X_test), "last"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        estimator, metrics, fit_time, score_time, features = fit_unsupervised(
+            job.task, estimator, X, test_size, sampling, job.seed, progress)
+    notes = _warning_lines(caught)
+    for note in notes:
+        progress(f"warning: {note}")
+    metrics.update(fit_time=fit_time, score_time=score_time)
+    return TrainingResult(
+        estimator_bytes=pickle.dumps(estimator, protocol=pickle.HIGHEST_PROTOCOL), metrics=metrics,
+        hyperparams=_used_params(job.hyperparams), num_features=features, classes=None, fit_time=fit_time,
+        score_time=score_time, warnings=notes, preprocessor=preprocessor)
 
 
 def _search(job: TrainingJob, estimator, split, progress):

@@ -16,7 +16,7 @@ from ..arrays import REAL_ARRAY
 
 # Function → the type of its result column.
 OUTPUT = {"predict": types.FLOAT4, "predict_proba": REAL_ARRAY, "predict_joint": REAL_ARRAY,
-          "predict_label": types.TEXT}
+          "predict_label": types.TEXT, "decompose": REAL_ARRAY}
 # Other names of those functions: pgml.score is pgml.predict (the seed's PRODUCT.md spells it so).
 ALIASES = {"score": "predict"}
 

@@ -42,7 +42,7 @@ _STMT = "__pgml_general"
 _I16 = struct.Struct("!h")
 _I32 = struct.Struct("!i")
 _FUNCTIONS = {"predict": "prediction", "predict_proba": "prediction_array", "predict_joint": "prediction_array",
-              "predict_label": "prediction_label"}
+              "predict_label": "prediction_label", "decompose": "prediction_array"}
 _SCOPES = (ast.SelectStmt, ast.UpdateStmt, ast.DeleteStmt)
 
 
@@ -153,8 +153,8 @@ class GeneralPredict:
             if name not in _FUNCTIONS or not node.args:
                 raise PgError(sqlstate.FEATURE_NOT_SUPPORTED,
                               f"pgml.{name} cannot be used inside a query over tables",
-                              hint="Only pgml.predict (pgml.score), predict_proba, predict_joint and predict_label "
-                                   "run per row.")
+                              hint="Only pgml.predict (pgml.score), predict_proba, predict_joint, predict_label "
+                                   "and decompose run per row.")
             if not scopes:
                 return None
             features, canonical = feature_input(node)
