@@ -153,7 +153,7 @@ def test_errors_keep_session_usable(trained):
         with pytest.raises(errors.UndefinedColumn):
             conn.execute("SELECT * FROM pgml.train('api-missing', 'regression', 'pgml.diabetes', 'nope')")
         with pytest.raises(errors.InvalidParameterValue):
-            conn.execute("SELECT * FROM pgml.train('api-missing', 'clustering', 'pgml.diabetes', 'target')")
+            conn.execute("SELECT * FROM pgml.train('api-missing', 'ranking', 'pgml.diabetes', 'target')")
         with pytest.raises(errors.InvalidParameterValue) as info:
             conn.execute("SELECT * FROM pgml.train('api-missing', 'regression', 'pgml.diabetes', 'target', 'nope')")
         assert info.value.diag.message_hint

@@ -17,6 +17,7 @@ from protocol.errors import PgError
 
 from ..functions import FUNCTIONS, Function
 from ..functions.base import ANY, RECORD, BoundArgs, bind, evaluate
+from ..ml import temporal
 from .astutil import func_name, is_pgml_call
 
 
@@ -156,6 +157,10 @@ _CAST_TYPES = {
     "int8": types.INT8, "bigint": types.INT8, "numeric": types.NUMERIC, "decimal": types.NUMERIC,
     "text": types.TEXT, "varchar": types.VARCHAR, "bpchar": types.TEXT, "name": types.TEXT,
     "bool": types.BOOL, "boolean": types.BOOL, "json": types.JSON, "jsonb": types.JSONB,
+    # temporal values (features of a row): bound ones become their epoch (sql/encoding.decode_param),
+    # constants stay text for the model's preprocessing to read (ml/model.py)
+    "date": temporal.DATE, "time": temporal.TIME, "timetz": temporal.TIMETZ, "timestamp": temporal.TIMESTAMP,
+    "timestamptz": temporal.TIMESTAMPTZ, "interval": temporal.INTERVAL,
 }
 
 
@@ -190,7 +195,7 @@ def compile_expr(node, params: dict[int, int], expected: int) -> Evaluator | Non
     if isinstance(node, ast.RowExpr):
         # A row constructor of mixed values (a row of the relation's columns): a tuple, which
         # the model's preprocessing reads column by column. Untyped $n in it are text.
-        items = [compile_expr(e, params, types.TEXT) for e in node.args or ()]
+        items = [_row_value(e, params) for e in node.args or ()]
         if any(i is None for i in items):
             return None
         # is_array: the row is the whole features value, as an array would be (not one VARIADIC element)
@@ -209,6 +214,16 @@ def compile_expr(node, params: dict[int, int], expected: int) -> Evaluator | Non
         sign = -1 if node.name[0].sval == "-" else 1
         return Evaluator(lambda p, f=inner: None if (v := f(p)) is None else sign * v)
     return None
+
+
+def _row_value(node, params: dict[int, int]) -> Evaluator | None:
+    """One value of a row constructor. A constant cast to a type the server does not know (an
+    enum: 'pro'::shop.tier) stays its text: the model's preprocessing reads it by the column's kind."""
+    ev = compile_expr(node, params, types.TEXT)
+    if ev is None and isinstance(node, ast.TypeCast) and isinstance(node.arg, ast.A_Const):
+        value = None if node.arg.isnull else _const_value(node.arg.val)
+        return Evaluator(lambda p, v=value: v)
+    return ev
 
 
 def _is_array(oid: int) -> bool:
