@@ -204,6 +204,8 @@ def _set_cookie(response: Response, st: DashboardState, name: str, value: str, m
 
 
 async def not_found(request: Request, exc) -> Response:
+    if state(request).sessions.get(request.cookies.get(COOKIE)) is None and request.method == "GET":
+        return RedirectResponse("/login", status_code=303)     # nothing answers without a session
     return PlainTextResponse(getattr(exc, "detail", "not found"), status_code=getattr(exc, "status_code", 404))
 
 

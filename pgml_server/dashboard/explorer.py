@@ -46,7 +46,8 @@ async def relations(conn: asyncpg.Connection, schema: str) -> list[dict[str, Any
 async def relation(conn: asyncpg.Connection, schema: str, name: str) -> dict[str, Any] | None:
     row = await conn.fetchrow("""
         SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS qualified, c.relkind::text AS kind,
-               greatest(c.reltuples, 0)::int8 AS rows_estimate, pg_total_relation_size(c.oid) AS bytes
+               greatest(c.reltuples, 0)::int8 AS rows_estimate, c.reltuples < 0 AS never_analyzed,
+               pg_total_relation_size(c.oid) AS bytes
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')""", schema, name)
     return None if row is None else dict(row)

@@ -44,7 +44,7 @@ def cell_value(value: Any) -> str | None:
     if isinstance(value, bytes):
         return "\\x" + value[:64].hex() + ("…" if len(value) > 64 else "")
     if isinstance(value, float):
-        return repr(value)
+        return f"{value:.10g}"       # float4 arrives widened: 0.038075905 rather than 0.03807590529322624
     if isinstance(value, (datetime.datetime, datetime.date, datetime.time, decimal.Decimal)):
         return str(value)
     if isinstance(value, (list, tuple)):

@@ -145,3 +145,8 @@ def test_model_page_recomputes_the_training_split(admin, dash):
         m = re.search(r'id="recomputed">(\w+) on these rows: <b data-value="([^"]+)"', html)
         assert m, html
         assert abs(float(m.group(2)) - metrics[m.group(1)]) < 1e-4, (mid, m.group(1))
+
+
+def test_unknown_paths_need_a_session_too(client):
+    r = client.get("/no/such/page")
+    assert r.status_code == 303 and r.headers["location"] == "/login"
