@@ -7,7 +7,7 @@ PORT ?= 5433
 HOST ?= 127.0.0.1
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench soak fuzz clean
+.PHONY: install run test bench soak fuzz clean chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,8 +22,21 @@ install: $(STAMP)
 run: install
 	$(BIN)/pgml-server --host $(HOST) --port $(PORT)
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The dashboard's browser tests drive Debian's chromium (a Playwright browser download is not
+# used). Installed here when missing and apt-get is usable as root; otherwise those tests skip.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the dashboard's browser tests (apt-get)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "apt-get could not install chromium: the browser tests will skip"; \
+	  else \
+	    echo "no /usr/bin/chromium and no root apt-get: the dashboard's browser tests will skip"; \
+	  fi; \
+	fi
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

@@ -1,0 +1,235 @@
+"""Dashboard benchmark (issue 12): page times at registry scale, and what browsing costs the wire protocol.
+
+Setup, in one embedded upstream behind one pgml-server (--workers 1) with its dashboard:
+- a few real models (`pgml.load_dataset('diabetes')` + three `pgml.train`), and
+- 100 projects with 10,000 models and 300 deployments inserted directly with generate_series,
+- a 1,000,000-row table (`public.bench_big`, analysed).
+
+1. Page times from an HTTP client (httpx, logged in): the projects page, a project page (random
+   synthetic project of ~100 models), a model page (a real model: its test split is predicted
+   through pgml-server) and the table page of the 1M-row table. Goal: p95 ≤ 150 ms each.
+2. Wire throughput with and without browsing, in one run: 4 asyncpg clients (one process)
+   send forwarded `SELECT 1`, then single-row `pgml.predict`, for a few seconds each; a second
+   process browses the dashboard meanwhile (human-paced: one page every second, cycling the
+   four pages; and, as a stress figure, continuously). Rounds alternate quiet / browsed so noise
+   on the (shared) machine hits both alike. Goal: browsing costs < 5 % of either throughput.
+
+Usage: python benchmarks/dashboard.py [--seconds 5] [--rounds 2] [--pages 60]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import random
+import re
+import statistics
+import time
+
+import httpx
+import psycopg
+
+from common import describe_machine, load_average, percentile, upstream_and_server
+from tests.fix_servers import free_port
+
+GOAL_P95_MS = 150.0
+GOAL_COST = 0.05
+CLIENTS = 4
+FEATURES = [0.03, 0.05, 0.06, 0.02, -0.04, -0.03, -0.04, -0.002, 0.02, -0.02]
+
+SETUP_SQL = """
+INSERT INTO pgml.projects (name, task, created_at)
+SELECT 'bench project ' || lpad(p::text, 3, '0'), CASE WHEN p %% 2 = 0 THEN 'regression' ELSE 'classification' END,
+       now() - interval '30 days'
+FROM generate_series(1, 100) p;
+INSERT INTO pgml.models (project_id, snapshot_id, num_features, algorithm, hyperparams, status, metrics, created_at)
+SELECT pr.id, %(snapshot)s, 10, (ARRAY['linear', 'xgboost', 'lightgbm', 'random_forest', 'ridge'])[1 + i %% 5],
+       jsonb_build_object('n_estimators', 10 * (i %% 10)), 'successful',
+       CASE WHEN pr.task = 'regression'
+            THEN jsonb_build_object('r2', random(), 'mean_squared_error', random() * 1000,
+                                    'mean_absolute_error', random() * 30, 'explained_variance', random(),
+                                    'fit_time', random(), 'score_time', random() / 10)
+            ELSE jsonb_build_object('f1', random(), 'precision', random(), 'recall', random(),
+                                    'accuracy', random(), 'mcc', random(), 'fit_time', random(),
+                                    'score_time', random() / 10) END,
+       now() - interval '30 days' + i * interval '1 minute'
+FROM pgml.projects pr CROSS JOIN generate_series(1, 100) i
+WHERE pr.name LIKE 'bench project %%';
+INSERT INTO pgml.deployments (project_id, model_id, strategy, created_at)
+SELECT m.project_id, m.id, 'best_score', m.created_at FROM pgml.models m
+JOIN pgml.projects p ON p.id = m.project_id
+WHERE p.name LIKE 'bench project %%' AND m.id %% 34 = 0;
+CREATE TABLE public.bench_big AS
+SELECT i AS id, random() AS x, (random() * 100)::int AS k, md5(i::text) AS s,
+       CASE WHEN i %% 10 = 0 THEN NULL ELSE random() * 50 END AS y
+FROM generate_series(1, 1000000) i;
+ANALYZE public.bench_big;
+ANALYZE pgml.models;
+ANALYZE pgml.deployments;
+ANALYZE pgml.projects;
+"""
+
+
+def login(base: str) -> httpx.Client:
+    c = httpx.Client(base_url=base, timeout=60)
+    page = c.get("/login")
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    r = c.post("/login", data={"user": "postgres", "password": "", "csrf": token})
+    assert r.status_code == 303, r.text
+    return c
+
+
+def page_urls(server) -> dict[str, list[str]]:
+    with psycopg.connect(server.dsn()) as conn:
+        synthetic = [r[0] for r in conn.execute("SELECT id FROM pgml.projects WHERE name LIKE 'bench project %'")]
+        real = [r[0] for r in conn.execute(
+            "SELECT m.id FROM pgml.models m JOIN pgml.projects p ON p.id = m.project_id "
+            "WHERE p.name = 'Bench Real' AND m.status = 'successful'")]
+    return {"projects": ["/"], "project": [f"/projects/{p}" for p in synthetic],
+            "model": [f"/models/{m}" for m in real], "table": ["/data/public/bench_big"]}
+
+
+def time_pages(base: str, urls: dict[str, list[str]], n: int) -> dict[str, list[float]]:
+    c = login(base)
+    rng = random.Random(0)
+    out: dict[str, list[float]] = {}
+    for name, choices in urls.items():
+        c.get(choices[0])                      # warm: first render compiles the template
+        times = []
+        for _ in range(n):
+            url = rng.choice(choices)
+            t0 = time.perf_counter()
+            r = c.get(url)
+            times.append(time.perf_counter() - t0)
+            assert r.status_code == 200, (url, r.status_code, r.text[:500])
+            assert "internal error" not in r.text
+        out[name] = times
+    return out
+
+
+# ---------------------------------------------------------------- throughput (separate processes)
+
+def _load(dsn: str, kind: str, seconds: float, result) -> None:
+    import asyncpg
+
+    async def client() -> int:
+        conn = await asyncpg.connect(dsn)
+        n = 0
+        if kind == "forwarded":
+            stmt = await conn.prepare("SELECT 1")
+            args: tuple = ()
+        else:
+            stmt = await conn.prepare("SELECT pgml.predict($1::text, $2::float8[])")
+            args = ("Bench Real", FEATURES)
+        await stmt.fetchval(*args)
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            await stmt.fetchval(*args)
+            n += 1
+        await conn.close()
+        return n
+
+    async def main() -> float:
+        t0 = time.perf_counter()
+        counts = await asyncio.gather(*(client() for _ in range(CLIENTS)))
+        return sum(counts) / (time.perf_counter() - t0)
+
+    result.value = asyncio.run(main())
+
+
+def _browse(base: str, urls: dict[str, list[str]], interval: float, stop, pages) -> None:
+    c = login(base)
+    cycle = [u for name in ("projects", "project", "model", "table") for u in urls[name][:3]]
+    k = 0
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        c.get(cycle[k % len(cycle)])
+        k += 1
+        pages.value = k
+        if interval:
+            stop.wait(max(0.0, interval - (time.perf_counter() - t0)))
+
+
+def throughput(dsn: str, base: str, urls, kind: str, seconds: float, browse: float | None) -> tuple[float, int]:
+    ctx = mp.get_context("fork")
+    result, pages, stop = ctx.Value("d", 0.0), ctx.Value("i", 0), ctx.Event()
+    browser = None
+    if browse is not None:
+        browser = ctx.Process(target=_browse, args=(base, urls, browse, stop, pages))
+        browser.start()
+        time.sleep(1.0)                           # its login and first page before the clock starts
+        pages.value = 0
+    load = ctx.Process(target=_load, args=(dsn, kind, seconds, result))
+    load.start()
+    load.join()
+    browsed = pages.value
+    if browser is not None:
+        stop.set()
+        browser.join(10)
+    return result.value, browsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--pages", type=int, default=60, help="requests per page kind for the page times")
+    a = ap.parse_args()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    print(f"machine: {describe_machine()}; load average before: {load_average()}")
+    with upstream_and_server("--dashboard", f"127.0.0.1:{port}") as (pg, server):
+        t0 = time.perf_counter()
+        with psycopg.connect(server.dsn(), autocommit=True) as conn:
+            conn.execute("SELECT pgml.load_dataset('diabetes')")
+            for algorithm in ("linear", "ridge", "xgboost"):
+                conn.execute("SELECT * FROM pgml.train('Bench Real', 'regression', 'pgml.diabetes', 'target', "
+                             "algorithm => %s)", [algorithm])
+            snapshot = conn.execute("SELECT max(id) FROM pgml.snapshots").fetchone()[0]
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            for statement in SETUP_SQL.strip().split(";\n"):
+                if statement.strip():
+                    conn.execute(statement, {"snapshot": snapshot})
+            counts = conn.execute("SELECT (SELECT count(*) FROM pgml.projects), (SELECT count(*) FROM pgml.models), "
+                                  "(SELECT count(*) FROM public.bench_big)").fetchone()
+        print(f"setup {time.perf_counter() - t0:.1f} s: {counts[0]} projects, {counts[1]} models, "
+              f"{counts[2]:,} rows in public.bench_big")
+        urls = page_urls(server)
+
+        print(f"\npage times ({a.pages} requests each, one client):")
+        times = time_pages(base, urls, a.pages)
+        ok = True
+        for name, values in times.items():
+            p50, p95 = percentile(values, 50) * 1000, percentile(values, 95) * 1000
+            ok &= p95 <= GOAL_P95_MS
+            print(f"  {name:9s} p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  max {max(values) * 1000:6.1f} ms"
+                  f"  {'ok' if p95 <= GOAL_P95_MS else 'OVER'} (goal p95 ≤ {GOAL_P95_MS:.0f} ms)")
+
+        print(f"\nwire throughput, {CLIENTS} asyncpg clients, {a.seconds:.0f} s per cell, {a.rounds} rounds:")
+        dsn = server.dsn()
+        for kind in ("forwarded", "predict"):
+            quiet, human, busy, pages_h, pages_b = [], [], [], [], []
+            for _ in range(a.rounds):
+                quiet.append(throughput(dsn, base, urls, kind, a.seconds, None)[0])
+                tps, n = throughput(dsn, base, urls, kind, a.seconds, 1.0)
+                human.append(tps)
+                pages_h.append(n)
+                tps, n = throughput(dsn, base, urls, kind, a.seconds, 0.0)
+                busy.append(tps)
+                pages_b.append(n)
+            q = statistics.median(quiet)
+            print(f"  {kind:9s} per round: quiet {', '.join(f'{v:.0f}' for v in quiet)}; 1 page/s "
+                  f"{', '.join(f'{v:.0f}' for v in human)}; continuous {', '.join(f'{v:.0f}' for v in busy)}")
+            for label, values, pages in (("browsed, 1 page/s", human, pages_h), ("browsed continuously", busy, pages_b)):
+                v = statistics.median(values)
+                cost = 1 - v / q
+                verdict = ("ok" if cost < GOAL_COST else "OVER") if "1 page/s" in label else "(stress figure)"
+                print(f"  {kind:9s} quiet {q:8.0f}/s  {label:22s} {v:8.0f}/s  cost {cost * 100:5.1f} %  "
+                      f"({statistics.median(pages) / a.seconds:.1f} pages/s) {verdict}")
+            ok &= (1 - statistics.median(human) / q) < GOAL_COST
+        print(f"\nload average after: {load_average()}")
+        print("all goals met" if ok else "some goals not met")
+
+
+if __name__ == "__main__":
+    main()
