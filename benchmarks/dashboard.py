@@ -19,6 +19,7 @@ Usage: python benchmarks/dashboard.py [--seconds 5] [--rounds 2] [--pages 60]
 from __future__ import annotations
 
 import argparse
+import os
 import asyncio
 import multiprocessing as mp
 import random
@@ -87,6 +88,12 @@ def page_urls(server) -> dict[str, list[str]]:
             "WHERE p.name = 'Bench Real' AND m.status = 'successful'")]
     return {"projects": ["/"], "project": [f"/projects/{p}" for p in synthetic],
             "model": [f"/models/{m}" for m in real], "table": ["/data/public/bench_big"]}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def time_pages(base: str, urls: dict[str, list[str]], n: int) -> dict[str, list[float]]:
@@ -197,7 +204,10 @@ def main() -> None:
         urls = page_urls(server)
 
         print(f"\npage times ({a.pages} requests each, one client):")
+        cpu0 = cpu_seconds(server.proc.pid)
         times = time_pages(base, urls, a.pages)
+        cpu = cpu_seconds(server.proc.pid) - cpu0
+        n_pages = sum(len(v) + 1 for v in times.values())
         ok = True
         for name, values in times.items():
             p50, p95 = percentile(values, 50) * 1000, percentile(values, 95) * 1000
@@ -205,6 +215,8 @@ def main() -> None:
             print(f"  {name:9s} p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  max {max(values) * 1000:6.1f} ms"
                   f"  {'ok' if p95 <= GOAL_P95_MS else 'OVER'} (goal p95 ≤ {GOAL_P95_MS:.0f} ms)")
 
+        print(f"  pgml-server CPU per page (all four kinds, pgml.* calls included): {cpu / n_pages * 1000:.1f} ms, "
+              f"so one page a second takes {cpu / n_pages * 100:.1f} % of one core")
         print(f"\nwire throughput, {CLIENTS} asyncpg clients, {a.seconds:.0f} s per cell, {a.rounds} rounds:")
         dsn = server.dsn()
         for kind in ("forwarded", "predict"):

@@ -164,7 +164,7 @@ def _safe_next(path: str) -> str:
 
 async def login_form(request: Request) -> Response:
     st = state(request)
-    token, signed = st.sessions.login_token()
+    token, signed = st.sessions.login_token(request.cookies.get(LOGIN_COOKIE))
     response = st.render(request, "login.html", token=token, error=request.query_params.get("error"),
                          next=_safe_next(request.query_params.get("next", "/")))
     _set_cookie(response, st, LOGIN_COOKIE, signed, 3600)

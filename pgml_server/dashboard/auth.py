@@ -163,7 +163,15 @@ class Sessions:
 
     # -- the login form's own CSRF token (double submit: cookie and hidden field must match)
 
-    def login_token(self) -> tuple[str, str]:
+    def login_token(self, cookie: str | None = None) -> tuple[str, str]:
+        """(token, signed cookie value); a still valid cookie keeps its token, so two login pages
+        open at once (or a redirect that fetches /login again) do not invalidate each other."""
+        if cookie:
+            try:
+                token = self.signer.unsign(cookie, max_age=1800).decode()
+                return token, cookie
+            except BadSignature:
+                pass
         token = secrets.token_urlsafe(24)
         return token, self.signer.sign(token).decode()
 

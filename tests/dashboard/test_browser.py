@@ -203,3 +203,15 @@ def test_train_form_shows_statement_and_streams_notices(page, dash):
     assert "pgml.train:" in page.inner_text("#train-output .notices")
     with psycopg.connect(srv.dsn()) as conn:
         assert conn.execute("SELECT count(*) FROM pgml.projects WHERE name = %s", ["Dash 'Form'"]).fetchone()[0] == 1
+
+
+def test_tutorial_notebook_screenshot(page, dash):
+    srv, _ = dash
+    *_, nid = _ids(srv)
+    browser_login(page)
+    page.goto(f"/notebooks/{nid}")
+    cells = page.locator("article.cell")
+    for k in (1, 3):             # load_dataset, then the first rows
+        cells.nth(k).locator("button.run").click()
+        cells.nth(k).locator("table.result").wait_for(timeout=60_000)
+    _shot(page, "notebook-tutorial")

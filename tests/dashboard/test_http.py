@@ -150,3 +150,31 @@ def test_model_page_recomputes_the_training_split(admin, dash):
 def test_unknown_paths_need_a_session_too(client):
     r = client.get("/no/such/page")
     assert r.status_code == 303 and r.headers["location"] == "/login"
+
+
+def test_notebook_without_javascript_runs_and_paginates(admin):
+    home = admin.get("/notebooks")
+    token = csrf_of(home.text)
+    r = admin.post("/notebooks", data={"csrf": token, "name": "no js"})
+    assert r.status_code == 303
+    nb = r.headers["location"]
+    page = admin.get(nb).text
+    cell = re.search(r'data-cell="(\d+)"', page).group(1)
+    r = admin.post(f"{nb}/cells/{cell}/run", data={"csrf": token, "kind": "sql",
+                                                    "contents": "SELECT i, 'row ' || i AS label FROM generate_series(1, 120) i"})
+    assert r.status_code == 303
+    page = admin.get(nb).text
+    assert "page 1 of 3" in page and "row 50" in page and "row 51" not in page
+    page = admin.get(f"{nb}?cell={cell}&page=2").text
+    assert "page 3 of 3" in page and "row 120" in page and "row 100" not in page
+    # an error keeps its SQLSTATE
+    admin.post(f"{nb}/cells/{cell}/run", data={"csrf": token, "kind": "sql", "contents": "SELECT 1/0"})
+    assert "22012" in admin.get(nb).text
+    # a JSON client gets a job whose events end with 'done'
+    r = admin.post(f"{nb}/cells/{cell}/run", data={"kind": "sql", "contents": "DO $$ BEGIN RAISE NOTICE 'hello'; END $$"},
+                   headers={"x-csrf-token": token, "accept": "application/json"})
+    job = r.json()["job"]
+    with admin.stream("GET", f"/jobs/{job}/events") as events:
+        body = "".join(events.iter_text())
+    assert body.index("event: notice") < body.index("event: done") and "hello" in body
+    assert "hello" in admin.get(f"/jobs/{job}/result").text
