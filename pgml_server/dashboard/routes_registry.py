@@ -1,6 +1,8 @@
 """Pages over the registry: projects, a project, a model, snapshots, the server; the Deploy action."""
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import asyncpg
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -58,10 +60,6 @@ async def deploy(request: Request, login: Login) -> Response:
         message = f"deploy failed: {exc.sqlstate}: {exc}"
     async with login.db.acquire() as conn:
         pid = await conn.fetchval("SELECT project_id FROM pgml.models WHERE id = $1", mid)
-    if request.headers.get("x-csrf-token"):         # fetch() from app.js: answer in JSON
-        from starlette.responses import JSONResponse
-        return JSONResponse({"message": message})
-    from urllib.parse import quote
     return RedirectResponse(f"/projects/{pid}?msg={quote(message)}" if pid else "/", status_code=303)
 
 
@@ -85,8 +83,22 @@ async def model(request: Request, login: Login) -> Response:
     metrics = m["metrics"] or {}
     scalar = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
     return state(request).render(request, "model.html", model=m, snapshot=snap, metrics=scalar,
-                                 search_results=metrics.get("search_results"), classes=metrics.get("classes"),
+                                 search=_search_table(metrics.get("search_results")), classes=metrics.get("classes"),
                                  evaluation=evaluation_result, importance=importance, nav="projects")
+
+
+def _search_table(results) -> dict | None:
+    """cv_results_ as stored by the training worker → rows of (parameters, per-candidate columns)."""
+    if not isinstance(results, dict) or not isinstance(results.get("params"), list):
+        return None
+    n = len(results["params"])
+    columns = [k for k, v in results.items() if k != "params" and isinstance(v, list) and len(v) == n]
+    rows = [(results["params"][i], [results[k][i] for k in columns]) for i in range(n)]
+    rank = columns.index("rank_test_score") if "rank_test_score" in columns else None
+    if rank is not None:
+        rows.sort(key=lambda r: (r[1][rank] is None, r[1][rank]))
+    best = {k: v for k, v in results.items() if k.startswith("best_")}
+    return {"columns": columns, "rows": rows, "best": best}
 
 
 async def _importance(login: Login, m: dict, cols, snap) -> dict:

@@ -50,6 +50,8 @@ def dash(upstream, roles, tmp_path_factory):
         conn.execute("SELECT pgml.load_dataset('diabetes')")
         conn.execute("SELECT * FROM pgml.train('Dash Diabetes', 'regression', 'pgml.diabetes', 'target')")
         conn.execute("SELECT * FROM pgml.train('Dash Diabetes', algorithm => 'ridge')")
+        conn.execute("""SELECT * FROM pgml.train('Dash Diabetes', algorithm => 'ridge', search => 'grid',
+                        search_params => '{"alpha": [0.5, 2.0]}', search_args => '{"cv": 2}')""")
         conn.execute("SELECT pgml.load_dataset('breast_cancer')")
         conn.execute("SELECT * FROM pgml.train('Dash Cancer', 'classification', 'pgml.breast_cancer', 'malignant', "
                      "algorithm => 'linear')")

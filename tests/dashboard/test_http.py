@@ -106,7 +106,9 @@ def test_every_page_renders(admin, dash):
         r = admin.get(path)
         assert r.status_code == 200, (path, r.text[:2000])
         assert expect in r.text, path
-    assert "residuals" in admin.get(f"/models/{mid}").text
+    html = admin.get(f"/models/{mid}").text
+    assert "residuals" in html
+    assert 'id="search"' in html and "mean_test_score" in html and '{"alpha": 0.5}' in html
 
 
 def test_values_are_escaped(admin):

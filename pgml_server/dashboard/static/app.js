@@ -66,6 +66,8 @@
         let md = cell.querySelector(".markdown");
         if (!md) { md = document.createElement("div"); md.className = "markdown"; form.after(md); }
         md.innerHTML = answer.html;              // markdown-it output, raw HTML disabled
+        const details = form.closest("details");
+        if (details) details.open = false;
         cell.classList.remove("sql"); cell.classList.add("markdown");
         box.textContent = "";
         runBtn.disabled = false;
