@@ -112,6 +112,9 @@ async def _importance(login: Login, m: dict, cols, snap) -> dict:
             stmt = await conn.prepare(f"SELECT * FROM pgml.feature_importance({int(m['id'])})")
             rows = await stmt.fetch()
     except asyncpg.PostgresError as exc:
+        if exc.sqlstate == "42883":
+            return {"unavailable": "not available: this server does not offer pgml.feature_importance yet, "
+                                   "and the dashboard does not unpickle models to read their importances"}
         return {"unavailable": f"not available ({exc.sqlstate}: {exc})"}
     pairs = [(str(r[0]), float(r[1])) for r in rows if len(r) >= 2 and r[1] is not None]
     pairs.sort(key=lambda p: -abs(p[1]))

@@ -21,9 +21,12 @@ def _ids(srv):
                    (SELECT id FROM pgml.notebooks WHERE tutorial = 'regression')""").fetchone()
 
 
-def _shot(pg, name: str) -> None:
+def _shot(pg, name: str, full: bool = True) -> None:
+    """A PNG for the README; long pages are cut to the first 1400 pixels."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    pg.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    height = pg.evaluate("document.documentElement.scrollHeight")
+    clip = None if full and height <= 1400 else {"x": 0, "y": 0, "width": 1280, "height": min(height, 1400)}
+    pg.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True, clip=clip)
 
 
 def test_login_refused_then_accepted(page):

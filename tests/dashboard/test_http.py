@@ -180,3 +180,17 @@ def test_notebook_without_javascript_runs_and_paginates(admin):
         body = "".join(events.iter_text())
     assert body.index("event: notice") < body.index("event: done") and "hello" in body
     assert "hello" in admin.get(f"/jobs/{job}/result").text
+
+
+def test_models_sort_by_any_metric(admin, dash):
+    srv, _ = dash
+    with psycopg.connect(srv.dsn()) as conn:
+        pid = conn.execute("SELECT id FROM pgml.projects WHERE name = 'Dash Diabetes'").fetchone()[0]
+        order = [r[0] for r in conn.execute(
+            "SELECT id FROM pgml.models WHERE project_id = %s ORDER BY (metrics->>'mean_absolute_error')::float8, id DESC",
+            [pid])]
+    for direction, expected in (("asc", order), ("desc", order[::-1])):
+        html = admin.get(f"/projects/{pid}", params={"sort": "mean_absolute_error", "dir": direction}).text
+        table = html.split('id="models"')[1].split("</table>")[0]
+        shown = [int(x) for x in re.findall(r'<td><a href="/models/(\d+)">', table)]
+        assert shown == expected, direction
