@@ -194,3 +194,23 @@ def test_models_sort_by_any_metric(admin, dash):
         table = html.split('id="models"')[1].split("</table>")[0]
         shown = [int(x) for x in re.findall(r'<td><a href="/models/(\d+)">', table)]
         assert shown == expected, direction
+
+
+def test_server_page_lists_trainings_in_progress_and_schedules(admin, dash):
+    srv, _ = dash
+    with psycopg.connect(srv.dsn(), autocommit=True) as conn:
+        pid = conn.execute("SELECT id FROM pgml.projects WHERE name = 'Dash Diabetes'").fetchone()[0]
+        mid = conn.execute("INSERT INTO pgml.models (project_id, algorithm, status, backend_pid) "
+                           "VALUES (%s, 'xgboost', 'in_progress', pg_backend_pid()) RETURNING id", [pid]).fetchone()[0]
+        try:
+            html = admin.get("/server").text
+            assert 'id="schedules">none' in html
+            training = html.split('id="training"')[1].split("</table>")[0]
+            assert f"<td>{mid}</td>" in training and "xgboost" in training
+            conn.execute("CREATE TABLE pgml.schedules (id int, project text, every interval)")
+            conn.execute("INSERT INTO pgml.schedules VALUES (1, 'Dash Diabetes', '1 day')")
+            html = admin.get("/server").text
+            assert "Dash Diabetes" in html.split('id="schedules"')[1] and "1 day" in html
+        finally:
+            conn.execute("DROP TABLE IF EXISTS pgml.schedules")
+            conn.execute("DELETE FROM pgml.models WHERE id = %s", [mid])
