@@ -57,6 +57,15 @@ async def start(ctx: "ServerContext") -> Dashboard | None:
                   "the dashboard (choose another address with --dashboard HOST:PORT, or --dashboard off)",
                   host, port, exc.strerror or exc)
         return None
+    try:
+        return await _serve(ctx, sock, host, port)
+    except Exception:             # a missing dependency or a broken template must not stop the wire server
+        log.exception("dashboard: could not start; pgml-server keeps serving PostgreSQL clients without it")
+        sock.close()
+        return None
+
+
+async def _serve(ctx: "ServerContext", sock: socket.socket, host: str, port: int) -> Dashboard:
     import uvicorn
 
     from .app import create_app
@@ -76,6 +85,12 @@ async def start(ctx: "ServerContext") -> Dashboard | None:
     server = Server(config)
     await app.state.dashboard.start()
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    task.add_done_callback(_report)
     scheme = "https" if ctx.config.tls_cert else "http"
     log.info("dashboard on %s://%s:%d/", scheme, f"[{host}]" if ":" in host else host, port)
     return Dashboard(server, task, app)
+
+
+def _report(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("dashboard: stopped after an error: %r", task.exception())
