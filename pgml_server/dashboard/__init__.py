@@ -82,6 +82,7 @@ async def _serve(ctx: "ServerContext", sock: socket.socket, host: str, port: int
     config = uvicorn.Config(app, lifespan="off", access_log=False, log_config=None, server_header=False,
                             ssl_certfile=ctx.config.tls_cert, ssl_keyfile=ctx.config.tls_key,
                             timeout_graceful_shutdown=2, proxy_headers=False)
+    config.load()                           # errors (e.g. the TLS files) surface here, not in the task
     server = Server(config)
     await app.state.dashboard.start()
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
