@@ -11,6 +11,7 @@ from starlette.routing import Route
 from . import charts, evaluation, explorer, queries
 from .app import page, state
 from .auth import Login
+from .importance import importance
 
 
 def _int(value, default: int = 0) -> int:
@@ -79,12 +80,15 @@ async def model(request: Request, login: Login) -> Response:
                 evaluation_result = await evaluation.test_split(conn, await login.through(), m, snap, cols)
             except asyncpg.PostgresError as exc:
                 evaluation_result = {"error": f"{exc.sqlstate}: {exc}"}
-    importance = await _importance(login, m, cols, snap)
+    label = set((snap or {}).get("y_column_name") or [])
+    services = state(request).ctx.services
+    imp = await importance(login, services.cache if services is not None else None, m,
+                           [c[0] for c in cols if c[0] not in label])
     metrics = m["metrics"] or {}
     scalar = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
     return state(request).render(request, "model.html", model=m, snapshot=snap, metrics=scalar,
                                  search=_search_table(metrics.get("search_results")), classes=metrics.get("classes"),
-                                 evaluation=evaluation_result, importance=importance, nav="projects")
+                                 evaluation=evaluation_result, importance=imp, nav="projects")
 
 
 def _search_table(results) -> dict | None:
@@ -99,27 +103,6 @@ def _search_table(results) -> dict | None:
         rows.sort(key=lambda r: (r[1][rank] is None, r[1][rank]))
     best = {k: v for k, v in results.items() if k.startswith("best_")}
     return {"columns": columns, "rows": rows, "best": best}
-
-
-async def _importance(login: Login, m: dict, cols, snap) -> dict:
-    """`pgml.feature_importance(model_id)` when the server offers it; otherwise "not available"
-    (the web layer never unpickles a model to read its importances)."""
-    if m["status"] != "successful":
-        return {"unavailable": "the model did not train successfully"}
-    pool = await login.through()
-    try:
-        async with pool.acquire() as conn:
-            stmt = await conn.prepare(f"SELECT * FROM pgml.feature_importance({int(m['id'])})")
-            rows = await stmt.fetch()
-    except asyncpg.PostgresError as exc:
-        if exc.sqlstate == "42883":
-            return {"unavailable": "not available: this server does not offer pgml.feature_importance yet, "
-                                   "and the dashboard does not unpickle models to read their importances"}
-        return {"unavailable": f"not available ({exc.sqlstate}: {exc})"}
-    pairs = [(str(r[0]), float(r[1])) for r in rows if len(r) >= 2 and r[1] is not None]
-    pairs.sort(key=lambda p: -abs(p[1]))
-    return {"chart": charts.bars([p[0] for p in pairs[:30]], [p[1] for p in pairs[:30]], "feature importance",
-                                 kind="importance")}
 
 
 @page

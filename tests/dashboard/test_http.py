@@ -99,6 +99,7 @@ def test_every_page_renders(admin, dash):
     for path, expect in [("/", "Dash Diabetes"), (f"/projects/{pid}", 'data-chart="metric"'),
                          (f"/models/{mid}", 'data-chart="predicted-actual"'),
                          (f"/models/{cid}", 'data-chart="confusion"'), (f"/models/{cid}", 'data-chart="roc"'),
+                         (f"/models/{cid}", 'data-chart="importance"'),
                          ("/snapshots", "pgml.diabetes"), (f"/snapshots/{sid}", 'data-chart="histogram"'),
                          ("/data", "public"), ("/data/pgml", "diabetes"), ("/data/pgml/diabetes", "pgml.train"),
                          ("/notebooks", "Tutorial 1"), (f"/notebooks/{nid}", "load_dataset"),

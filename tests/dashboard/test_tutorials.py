@@ -53,3 +53,17 @@ def test_relational_tutorial_until_preprocessing(admin, dash):
             assert out["error"] is None, (pos, out["error"])
     failing = {pos: out["error"]["message"][:120] for pos, out in outputs.items() if out["error"]}
     print("relational tutorial cells failing on this version:", failing)
+
+
+def test_tree_model_shows_its_own_importances(admin, dash):
+    """After the regression tutorial: its xgboost model's page draws feature_importances_."""
+    srv, _ = dash
+    with psycopg.connect(srv.dsn()) as conn:
+        row = conn.execute("SELECT max(m.id) FROM pgml.models m JOIN pgml.projects p ON p.id = m.project_id "
+                           "WHERE p.name = 'Diabetes Progression' AND m.algorithm = 'xgboost'").fetchone()
+    if row[0] is None:
+        run_notebook(admin, srv, "regression")
+        return test_tree_model_shows_its_own_importances(admin, dash)
+    html = admin.get(f"/models/{row[0]}").text
+    assert "feature_importances_" in html and 'data-chart="importance"' in html
+    assert html.count("<rect", html.index('data-chart="importance"')) >= 10
