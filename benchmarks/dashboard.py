@@ -97,6 +97,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cluster_cpu_seconds(data_dir) -> float:
+    """CPU time so far of the upstream's postmaster and its children (backends that still live)."""
+    postmaster = int(open(f"{data_dir}/postmaster.pid").readline())
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == postmaster or int(fields[1]) == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def time_pages(base: str, urls: dict[str, list[str]], n: int) -> dict[str, list[float]]:
     c = login(base)
     rng = random.Random(0)
@@ -214,9 +230,10 @@ def main() -> None:
         urls = page_urls(server)
 
         print(f"\npage times ({a.pages} requests each, one client):")
-        cpu0 = cpu_seconds(server.proc.pid)
+        cpu0, pg0 = cpu_seconds(server.proc.pid), cluster_cpu_seconds(pg.data_dir)
         times = time_pages(base, urls, a.pages)
         cpu = cpu_seconds(server.proc.pid) - cpu0
+        pg_cpu = cluster_cpu_seconds(pg.data_dir) - pg0
         n_pages = sum(len(v) + 1 for v in times.values())
         ok = True
         summary = []
@@ -229,6 +246,7 @@ def main() -> None:
 
         print(f"  pgml-server CPU per page (all four kinds, pgml.* calls included): {cpu / n_pages * 1000:.1f} ms, "
               f"so one page a second takes {cpu / n_pages * 100:.1f} % of one core")
+        print(f"  upstream PostgreSQL CPU per page (its backends): {pg_cpu / n_pages * 1000:.1f} ms")
         print(f"\nwire throughput, {CLIENTS} asyncpg clients, {a.seconds:.0f} s per run in {WINDOW:.0f}-s windows, "
               f"browsed in every other window:")
         dsn = server.dsn()
@@ -246,7 +264,8 @@ def main() -> None:
                 if human:
                     ok &= cost < GOAL_COST
         summary.append(f"server CPU per page {cpu / n_pages * 1000:.1f} ms: at 1 page/s at most "
-                       f"{cpu / n_pages * 100:.2f} % of a saturated server's core")
+                       f"{cpu / n_pages * 100:.2f} % of a saturated server's core; upstream CPU per page "
+                       f"{pg_cpu / n_pages * 1000:.1f} ms")
         print(f"\nload average after: {load_average()}")
         print("summary:")
         for line in summary:
