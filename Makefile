@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 JDBC_JAR ?= /usr/share/java/postgresql.jar
 NODE_CLIENT := tests/clients/node
 
-.PHONY: install clients run test bench soak fuzz clean
+.PHONY: install clients chromium run test bench soak fuzz clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -41,8 +41,21 @@ clients:
 	    { rm -rf $(NODE_CLIENT)/node_modules; echo "make clients: npm ci failed (tests/test_node_pg.py will skip)"; }; \
 	fi
 
-test: install clients
+test: install clients chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The dashboard's browser tests drive Debian's chromium (a Playwright browser download is not
+# used). Installed here when missing and apt-get is usable as root; otherwise those tests skip.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the dashboard's browser tests (apt-get)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "apt-get could not install chromium: the browser tests will skip"; \
+	  else \
+	    echo "no /usr/bin/chromium and no root apt-get: the dashboard's browser tests will skip"; \
+	  fi; \
+	fi
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

@@ -38,6 +38,13 @@ def _announce(config: Config) -> None:
     print(f"pgml-server listening on {config.host}:{config.port}\n"
           f"  connect with: psql -h {host} -p {config.port} -U postgres\n"
           f"  or the DSN:   postgresql://postgres@{host}:{config.port}/postgres", file=sys.stderr, flush=True)
+    if config.dashboard is not None:
+        d_host, d_port = config.dashboard
+        d_host = "127.0.0.1" if d_host in ("0.0.0.0", "::", "") else d_host
+        d_host = f"[{d_host}]" if ":" in d_host else d_host
+        scheme = "https" if config.tls_cert else "http"
+        print(f"  dashboard:    {scheme}://{d_host}:{d_port}/ (log in with a PostgreSQL role)",
+              file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ class Config:
     startup_timeout: float = 60.0       # seconds a client may take to authenticate
     shutdown_timeout: float = 30.0      # seconds running statements get after SIGTERM
     embedded_port: int | None = None    # TCP port of the embedded upstream (None: pick a free one)
+    dashboard: tuple[str, int] | None = ("127.0.0.1", 8000)   # web dashboard address; None: off
 
 
 def _env(*names: str) -> str | None:
@@ -45,6 +46,16 @@ def _rows(text) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, not {value}")
     return value
+
+
+def _dashboard(text: str) -> tuple[str, int] | None:
+    """`HOST:PORT`, `[IPv6]:PORT`, `:PORT` or `off`."""
+    if text.strip().lower() in ("off", "none", "no", "false", "0"):
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"--dashboard is HOST:PORT or off, not {text!r}")
+    return (host.strip("[]") or "127.0.0.1", int(port))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(PGML_MAX_MESSAGE_MB; default 0: PostgreSQL's own limit, 1 GiB)")
     p.add_argument("--startup-timeout", type=float, default=float(_env("PGML_STARTUP_TIMEOUT") or 60),
                    help="seconds a client may take from connecting to authenticated (PGML_STARTUP_TIMEOUT)")
+    p.add_argument("--dashboard", type=_dashboard, default=_env("PGML_DASHBOARD") or "127.0.0.1:8000",
+                   metavar="HOST:PORT", help="address of the web dashboard, or 'off' (PGML_DASHBOARD, "
+                   "default 127.0.0.1:8000)")
     p.add_argument("--embedded-port", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
@@ -103,4 +117,5 @@ def from_args(argv: list[str] | None = None) -> Config:
         max_message_size=int(a.max_message_mb * (1 << 20)) if a.max_message_mb > 0 else 0x3FFFFFFE,
         startup_timeout=a.startup_timeout,
         embedded_port=a.embedded_port,
+        dashboard=a.dashboard,
     )

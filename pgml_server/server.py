@@ -87,8 +87,10 @@ async def run_worker(config: Config, upstream_dsn: str, worker: int = 0,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("worker %d listening on %s:%d", worker, config.host, config.port)
+    dashboard = await start_dashboard(ctx)
     await stop.wait()
     log.info("worker %d shutting down", worker)
+    await stop_dashboard(dashboard)
     server.close()
     if cancel_server is not None:
         cancel_server.close()
@@ -126,6 +128,19 @@ async def _serve_cancel_socket(ctx: ServerContext, path: Path):
 
 async def start_services(ctx: ServerContext) -> None:
     ctx.models = await ModelService.start(ctx.config, ctx.upstream_dsn)
+
+
+async def start_dashboard(ctx: ServerContext):
+    """The web dashboard (worker 0 only), in this loop; None when off or its port is taken."""
+    if ctx.config.dashboard is None or ctx.worker != 0:
+        return None
+    from .dashboard import start
+    return await start(ctx)
+
+
+async def stop_dashboard(dashboard) -> None:
+    if dashboard is not None:
+        await dashboard.stop()
 
 
 async def stop_services(ctx: ServerContext) -> None:

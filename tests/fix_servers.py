@@ -44,6 +44,8 @@ class ServerProcess:
         self.host = "127.0.0.1"
         cmd = [sys.executable, "-m", "pgml_server.cli", "--host", self.host, "--port", str(self.port),
                "--log-level", "info", *args]
+        if not any(a == "--dashboard" or a.startswith("--dashboard=") for a in args):
+            cmd += ["--dashboard", "off"]     # many servers start in tests: none takes port 8000
         if upstream_dsn is not None:
             cmd += ["--upstream", upstream_dsn]
         self.log_path = log_path

@@ -131,9 +131,40 @@ _V2 = "\n".join(
     "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA pgml TO PUBLIC;"
 
 
+# Version 3: the dashboard's notebooks (versions 2 and 4 belong to other changes; migrate()
+# applies missing versions in order, gaps included). Notebooks are shared by every dashboard
+# user (as in PostgresML's dashboard); the SQL in a cell runs as whoever presses Run. The
+# indexes serve the dashboard's pages: models of a project in training order, latest first.
+_V3 = """
+CREATE TABLE pgml.notebooks (
+    id bigserial PRIMARY KEY,
+    name text NOT NULL,
+    tutorial text UNIQUE,
+    owner name NOT NULL DEFAULT current_user,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE TABLE pgml.notebook_cells (
+    id bigserial PRIMARY KEY,
+    notebook_id bigint NOT NULL REFERENCES pgml.notebooks (id) ON DELETE CASCADE,
+    position integer NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('sql', 'markdown')),
+    contents text NOT NULL DEFAULT '',
+    output jsonb,
+    executed_at timestamptz,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX notebook_cells_notebook_idx ON pgml.notebook_cells (notebook_id, position);
+CREATE INDEX models_project_created_idx ON pgml.models (project_id, id DESC);
+GRANT SELECT, INSERT, UPDATE, DELETE ON pgml.notebooks, pgml.notebook_cells TO PUBLIC;
+GRANT USAGE ON SEQUENCE pgml.notebooks_id_seq, pgml.notebook_cells_id_seq TO PUBLIC;
+"""
+
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
     (2, _V2),
+    (3, _V3),
 ]
 
 _BOOTSTRAP = (
