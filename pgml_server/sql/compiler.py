@@ -156,6 +156,7 @@ _CAST_TYPES = {
     "int8": types.INT8, "bigint": types.INT8, "numeric": types.NUMERIC, "decimal": types.NUMERIC,
     "text": types.TEXT, "varchar": types.VARCHAR, "bpchar": types.TEXT, "name": types.TEXT,
     "bool": types.BOOL, "boolean": types.BOOL, "json": types.JSON, "jsonb": types.JSONB,
+    "interval": types.TEXT,   # kept as its text: pgml.schedule/pgml.drift have the upstream parse it
 }
 
 
