@@ -107,18 +107,18 @@ def test_sigkill_mid_run_fails_the_model_and_the_schedule_runs_on(db, start_serv
         conn.execute("SELECT * FROM pgml.schedule('sched-kill', every => '1 second', algorithm => 'random_forest', "
                      "hyperparams => '{\"n_estimators\": 300}')")
     with db.admin() as admin:
-        run = wait_for(lambda: [r for r in _runs(admin, "sched-kill") if r[1] == "running" and r[2] is not None],
-                       90, "a slow run to be training")[0]
-        wait_for(lambda: admin.execute("SELECT status FROM pgml.models WHERE id = %s", (run[2],)).fetchone()
-                 == ("in_progress",), 30, "its model to be in progress")
+        model = wait_for(lambda: admin.execute(
+            "SELECT m.id FROM pgml.models m JOIN pgml.projects p ON p.id = m.project_id "
+            "WHERE p.name = 'sched-kill' AND m.status = 'in_progress'").fetchone(), 90, "a slow run to train")[0]
+        run = [r for r in _runs(admin, "sched-kill") if r[1] == "running"][0]
         victim = next(s for s in servers if f"pid {s.proc.pid} " in run[4])
         survivor = next(s for s in servers if s is not victim)
         admin.execute("DELETE FROM sched_big WHERE ctid NOT IN (SELECT ctid FROM sched_big LIMIT 300)")
         victim.stop(signal.SIGKILL)
         failed = wait_for(lambda: [r for r in _runs(admin, "sched-kill") if r[0] == run[0] and r[1] == "failed"],
                           60, "the killed run to be marked failed")[0]
-        assert "orphaned" in failed[3]
-        wait_for(lambda: admin.execute("SELECT status FROM pgml.models WHERE id = %s", (run[2],)).fetchone()
+        assert "orphaned" in failed[3] and failed[2] == model, failed
+        wait_for(lambda: admin.execute("SELECT status FROM pgml.models WHERE id = %s", (model,)).fetchone()
                  == ("failed",), 60, "the killed run's model to be failed")
         assert admin.execute("SELECT last_status FROM pgml.schedules").fetchone()[0] in ("failed", "running")
         with db.client(survivor) as conn:     # the previous deployment still serves

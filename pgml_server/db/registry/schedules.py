@@ -126,8 +126,10 @@ async def finish_run(ex: Executor, run_id: int, schedule_id: int, status: str, m
 async def fail_orphaned_runs(ex: Executor) -> list[tuple[int, str]]:
     """Fail `running` runs whose claiming backend is gone (the server died mid-run); (run id, project)."""
     rows = await ex.fetch(
-        "WITH o AS (UPDATE pgml.schedule_history SET status = 'failed', finished_at = clock_timestamp(), "
-        "error = 'orphaned: the server running it stopped', backend_pid = NULL "
+        "WITH o AS (UPDATE pgml.schedule_history h SET status = 'failed', finished_at = clock_timestamp(), "
+        "error = 'orphaned: the server running it stopped', backend_pid = NULL, model_id = coalesce(h.model_id, "
+        "(SELECT m.id FROM pgml.models m WHERE m.backend_pid = h.backend_pid AND m.status = 'in_progress' "
+        "ORDER BY m.id DESC LIMIT 1)) "
         "WHERE status = 'running' AND (backend_pid IS NULL OR backend_pid NOT IN "
         "(SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL)) RETURNING id, schedule_id, project_name), "
         "s AS (UPDATE pgml.schedules SET last_status = 'failed', "
