@@ -132,6 +132,30 @@ def test_sigkill_mid_run_fails_the_model_and_the_schedule_runs_on(db, start_serv
         wait_for(lambda: _idle(admin, "sched-kill"), 120, "the last run to finish")
 
 
+def test_a_server_stopped_mid_run_fails_the_run_and_keeps_the_deployment(db, start_server):
+    srv = start_server(upstream_dsn=db.dsn, env=FAST_ENV)
+    with db.client(srv) as conn:
+        conn.execute("CREATE TABLE sched_stop AS SELECT random() AS a, random() AS b, random() AS y "
+                     "FROM generate_series(1, 300)")
+        conn.execute("SELECT * FROM pgml.train('sched-stop', 'regression', 'sched_stop', 'y', 'linear')")
+        deployed = _deployed(conn, "sched-stop")
+        conn.execute("INSERT INTO sched_stop SELECT random(), random(), random() FROM generate_series(1, 60000)")
+        conn.execute("SELECT * FROM pgml.schedule('sched-stop', every => '1 hour', algorithm => 'random_forest', "
+                     "hyperparams => '{\"n_estimators\": 300}')")
+    with db.admin() as admin:
+        admin.execute("UPDATE pgml.schedules SET next_run = now()")          # due at once
+        model = wait_for(lambda: admin.execute(
+            "SELECT m.id FROM pgml.models m JOIN pgml.projects p ON p.id = m.project_id "
+            "WHERE p.name = 'sched-stop' AND m.status = 'in_progress'").fetchone(), 90, "the run to train")[0]
+        srv.stop(signal.SIGTERM)                                             # a clean shutdown mid-run
+        run = _runs(admin, "sched-stop")[-1]
+        assert run[1] == "failed" and "shutting down" in run[3] and run[2] == model, run
+        assert admin.execute("SELECT status FROM pgml.models WHERE id = %s", (model,)).fetchone() == ("failed",)
+        assert _deployed(admin, "sched-stop") == deployed
+        assert admin.execute("SELECT last_status, next_run > now() + interval '50 minutes' FROM pgml.schedules"
+                             ).fetchone() == ("failed", True)
+
+
 PW = "pw-Sched1"
 
 

@@ -95,10 +95,10 @@ class ModelMonitor:
                 self._observe(X)
         elif rate >= 1.0:
             self._observe(X)
-        else:
-            mask = self._rng.random(n) < rate
-            if mask.any():
-                self._observe(X[mask])
+        else:      # a binomial count of rows, drawn with replacement: O(sampled rows), not O(n)
+            k = self._rng.binomial(n, rate)
+            if k:
+                self._observe(X[self._rng.integers(0, n, k)])
 
     def _observe(self, rows: np.ndarray) -> None:
         self.counts += bin_counts(self.edges, np.asarray(rows, dtype=np.float64))
