@@ -8,6 +8,10 @@ the best round of each is kept.
 
 1. single-row predict p50/p99 (asyncpg, prepared `SELECT pgml.predict($1, $2::real[])`)
 2. batch predict throughput: `SELECT pgml.predict('p', ARRAY[f0..f9]) FROM bench` (stream path)
+3. the hook alone, in this process: the same compiled linear plan called bare and wrapped in
+   MonitoredPlan (one row; a 4096-row block, the stream path's block), as a share of 1. and 2.
+   End-to-end differences of a few % are within the noise of a shared 2-core machine (the control
+   server shows how much); 3. measures the cost itself.
 
 The model is linear (the cheapest plan, so the monitoring's share is largest). Goal: ≤ 3 % cost
 at the default rate.
@@ -70,6 +74,32 @@ async def batch(dsn: str, rows: int) -> float:
     return rows / elapsed
 
 
+def hook_cost(rate: float) -> tuple[float, float]:
+    """Seconds per call added by MonitoredPlan at `rate`: (one row, a 4096-row block)."""
+    from sklearn.linear_model import LinearRegression
+
+    from pgml_server.ml.bins import reference_bins
+    from pgml_server.ml.inference import compile_plan
+    from pgml_server.ml.monitor import ModelMonitor, MonitoredPlan
+    rng = np.random.default_rng(0)
+    X = rng.random((20000, 10))
+    plan = compile_plan(LinearRegression().fit(X, X @ rng.random(10)), "regression", gpu="off")
+    wrapped = MonitoredPlan(plan, ModelMonitor(1, np.asarray(reference_bins(X)["edges"]), rate))
+    out = []
+    for rows, n in ((X[:1], 100_000), (X[:4096], 3000)):
+        best = []
+        for p in (plan, wrapped):
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    p.predict(rows)
+                times.append((time.perf_counter() - t0) / n)
+            best.append(min(times))
+        out.append(best[1] - best[0])
+    return out[0], out[1]
+
+
 async def main(args) -> None:
     print(f"machine: {describe_machine()}; load average before: {load_average()}")
     with upstream_and_server("--monitor-sample", RATES[0]) as (pg, off):
@@ -107,6 +137,15 @@ async def main(args) -> None:
                 print(f"  monitoring {rate}: single-row p50 {cost_p50 * 100:+.1f} %, batch time "
                       f"{cost_tp * 100:+.1f} % vs off = {min(p50[rate]) / base_p50:.3f}× / "
                       f"{base_tp / max(tput[rate]):.3f}×{goal}")
+            one, block = hook_cost(0.01)
+            one_all, block_all = hook_cost(1.0)
+            block_time = 4096 / base_tp
+            print(f"  hook alone (in process, 0.01): {one * 1e6:.2f} µs per single-row call = "
+                  f"{one / base_p50 * 100:.2f} % of the p50; {block * 1e6:.1f} µs per 4096-row block = "
+                  f"{block / block_time * 100:.2f} % of its time in 2. (goal ≤ 3 %)")
+            print(f"  hook alone (in process, 1.0): {one_all * 1e6:.2f} µs per single-row call = "
+                  f"{one_all / base_p50 * 100:.2f} %; {block_all * 1e6:.1f} µs per block = "
+                  f"{block_all / block_time * 100:.2f} %")
             print(f"  load average after: {load_average()}")
         finally:
             for rate in names[1:]:

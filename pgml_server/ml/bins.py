@@ -10,7 +10,7 @@ import numpy as np
 N_BINS = 10                      # quantile bins per feature; one more cell counts NaN
 CELLS = N_BINS + 1
 PSI_EPS = 1e-4                   # floor of a bin fraction (an empty bin would make PSI infinite)
-_CHUNK = 1 << 16
+_FEW_ROWS = 64
 
 
 def reference_bins(X: np.ndarray) -> dict[str, Any] | None:
@@ -30,14 +30,18 @@ def reference_bins(X: np.ndarray) -> dict[str, Any] | None:
 def bin_counts(edges: np.ndarray, X: np.ndarray) -> np.ndarray:
     """features × CELLS counts of the rows of X: bin i holds edges[i-1] < x ≤ edges[i]; the last cell NaN."""
     n_features = edges.shape[0]
-    out = np.zeros(n_features * CELLS, dtype=np.int64)
-    offsets = np.arange(n_features) * CELLS
-    for start in range(0, X.shape[0], _CHUNK):
-        block = X[start:start + _CHUNK]
-        idx = (block[:, :, None] > edges[None, :, :]).sum(axis=2)
-        idx[np.isnan(block)] = N_BINS
-        out += np.bincount((idx + offsets).ravel(), minlength=out.size)
-    return out.reshape(n_features, CELLS)
+    if X.shape[0] < _FEW_ROWS:    # a few sampled rows: one broadcast comparison, a handful of numpy calls
+        idx = (X[:, :, None] > edges[None, :, :]).sum(axis=2)
+        idx[np.isnan(X)] = N_BINS
+        flat = (idx + np.arange(n_features) * CELLS).ravel()
+        return np.bincount(flat, minlength=n_features * CELLS).reshape(n_features, CELLS)
+    out = np.empty((n_features, CELLS), dtype=np.int64)
+    for j in range(n_features):   # many rows: a binary search per value (edges are sorted, +inf last)
+        column = X[:, j]
+        idx = np.searchsorted(edges[j], column, side="left")
+        idx[np.isnan(column)] = N_BINS
+        out[j] = np.bincount(idx, minlength=CELLS)
+    return out
 
 
 def psi(reference: np.ndarray, observed: np.ndarray) -> np.ndarray:
