@@ -29,6 +29,7 @@ from .bins import CELLS, bin_counts, psi
 log = logging.getLogger("pgml_server.monitor")
 
 LATENCY_BUCKETS = 100            # bucket b holds latencies in [2^(b/4), 2^((b+1)/4)) µs
+STOP_FLUSH_TIMEOUT_S = 5.0
 
 
 async def feature_drift(ex: Executor, model_id: int, since_epoch: float) -> list[tuple] | None:
@@ -173,9 +174,9 @@ class MonitorHub:
             except asyncio.CancelledError:
                 pass
         try:
-            await self.flush(pool)
-        except Exception as exc:
-            log.warning("flushing prediction samples at shutdown failed: %s", exc)
+            await asyncio.wait_for(self.flush(pool), STOP_FLUSH_TIMEOUT_S)
+        except Exception as exc:   # an unreachable upstream must not hold up the shutdown
+            log.warning("flushing prediction samples at shutdown failed: %s", exc or type(exc).__name__)
 
     async def _run(self, pool) -> None:
         while True:

@@ -1,6 +1,9 @@
 """The scheduler loop of one server process (each --workers process runs its own).
 
-Every `poll` seconds it
+Every `poll` seconds it decides whether to look at the upstream at all: never while the database
+has no schedule (pgml.schedule and pgml.unschedule NOTIFY `pgml_schedule`, which resets that), else
+when the earliest next_run has come, while some run is `running` anywhere, when a drift check is
+due, and at least once a minute. A look
 1. fails runs and models orphaned by a dead server (their claiming backend is gone),
 2. every `drift_check` seconds, makes due the schedules with `retrain_on_drift` whose deployed
    model's sampled features drifted past the threshold since their last run,
@@ -34,6 +37,7 @@ MAX_RUNS = 2                 # concurrent runs per server process (each trains i
 DRIFT_MIN_ROWS = 50          # sampled rows needed before drift can trigger a retrain
 DRIFT_WINDOW_S = 3600.0      # drift is judged on at most the last hour of samples
 STOP_GRACE_S = 10.0
+FALLBACK_S = 60.0            # with schedules, look at least this often (their next_run may have changed)
 
 
 class Scheduler:
@@ -45,6 +49,12 @@ class Scheduler:
         self._task: asyncio.Task | None = None
         self._runs: set[asyncio.Task] = set()
         self._last_drift_check = 0.0
+        # What the upstream said at the last look (None: look again). A database without schedules
+        # is never polled: pgml.schedule NOTIFYs, and a reconnected LISTEN looks again.
+        self._state: registry.ScheduleState | None = None
+        self._offset = 0.0               # the upstream's clock minus ours
+        self._looked = 0.0               # time.monotonic() of the last look
+        self._listener: asyncpg.Connection | None = None
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._loop())
@@ -57,33 +67,71 @@ class Scheduler:
             task.cancel()
         if self._runs:
             await asyncio.wait(list(self._runs), timeout=STOP_GRACE_S)
+        if self._listener is not None and not self._listener.is_closed():
+            await self._listener.close()
 
     async def _loop(self) -> None:
         while True:
             try:
+                await self._listen()
                 await self.tick()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("scheduler: %s", exc)
+                self._state = None
             except Exception:     # a bug must not end the loop for good
                 log.exception("scheduler tick failed")
+                self._state = None
             await asyncio.sleep(self.poll_seconds)
 
+    async def _listen(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        self._listener = await asyncpg.connect(self.models.upstream_dsn)
+        await self._listener.add_listener(registry.SCHEDULE_CHANNEL, self._changed)
+        self._state = None                 # notifications may have been missed meanwhile
+
+    def _changed(self, *_args) -> None:
+        self._state = None
+
+    def _must_look(self) -> bool:
+        state = self._state
+        if state is None:
+            return True
+        if state.schedules == 0:
+            return False
+        since = time.monotonic() - self._looked
+        return (state.next_due is not None and time.time() + self._offset >= state.next_due) \
+            or state.running > 0 or since >= FALLBACK_S \
+            or (state.drift_watched > 0 and time.monotonic() - self._last_drift_check >= self.drift_check_seconds)
+
     async def tick(self) -> None:
+        if not self._must_look():
+            return
         async with self.models.pool.acquire() as conn:
             ex = AsyncpgExecutor(conn)
-            for run_id, project in await registry.fail_orphaned_runs(ex):
-                log.info("schedule run %d of %r failed: its server stopped", run_id, project)
-            await registry.fail_orphaned_models(ex)
-            if time.monotonic() - self._last_drift_check >= self.drift_check_seconds:
+            state = await registry.schedule_state(ex)
+            self._offset, self._looked = state.now - time.time(), time.monotonic()
+            if state.running:
+                for run_id, project in await registry.fail_orphaned_runs(ex):
+                    log.info("schedule run %d of %r failed: its server stopped", run_id, project)
+                await registry.fail_orphaned_models(ex)
+            due = state.next_due is not None and state.now >= state.next_due
+            if state.drift_watched and time.monotonic() - self._last_drift_check >= self.drift_check_seconds:
                 self._last_drift_check = time.monotonic()
-                await self._check_drift(ex)
-            due = await registry.any_due(ex)
+                due = await self._check_drift(ex) or due
+            self._state = state if not due else None
         if due and len(self._runs) < MAX_RUNS:
             task = asyncio.ensure_future(self._claim_and_run())
             self._runs.add(task)
-            task.add_done_callback(self._runs.discard)
+            task.add_done_callback(self._run_done)
 
-    async def _check_drift(self, ex) -> None:
+    def _run_done(self, task: asyncio.Task) -> None:
+        self._runs.discard(task)
+        self._state = None
+
+    async def _check_drift(self, ex) -> bool:
+        """Make due the watched schedules whose model drifted; True when one was."""
+        triggered = False
         now = await registry.now_epoch(ex)
         for schedule_id, project, threshold, last_run in await registry.drift_watched(ex):
             deployed = await registry.deployed_model(ex, project)
@@ -96,8 +144,10 @@ class Scheduler:
                 continue
             worst = max(rows, key=lambda r: -1.0 if r[1] is None else r[1])
             if worst[1] is not None and worst[1] > threshold and await registry.trigger_drift_run(ex, schedule_id):
+                triggered = True
                 log.info("schedule of %r: feature %r drifted (PSI %.3f > %.3f over %d sampled rows): retraining",
                          project, worst[0], worst[1], threshold, worst[2])
+        return triggered
 
     async def _claim_and_run(self) -> None:
         try:

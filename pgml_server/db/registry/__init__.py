@@ -12,6 +12,6 @@ from .projects import (Project, Snapshot, create_snapshot, get_or_create_project
                        get_snapshot, last_snapshot, record_snapshot_analysis, snapshot_columns, snapshot_table)
 from .monitoring import (insert_prediction_sample, model_bins, prediction_samples,  # noqa: F401
                          save_model_bins)
-from .schedules import (Claim, any_due, claim_due_run, delete_schedule, drift_watched,  # noqa: F401
+from .schedules import (SCHEDULE_CHANNEL, Claim, ScheduleState, claim_due_run, delete_schedule, drift_watched,  # noqa: F401
                         fail_orphaned_runs, finish_run, interval_seconds, latest_model_settings, now_epoch,
-                        trigger_drift_run, upsert_schedule)
+                        schedule_state, trigger_drift_run, upsert_schedule)

@@ -13,6 +13,8 @@ from typing import Any, Callable, NamedTuple
 
 from ..executor import Executor
 
+SCHEDULE_CHANNEL = "pgml_schedule"     # NOTIFY'd when a schedule is created, replaced or removed
+
 
 class Claim(NamedTuple):
     run_id: int
@@ -47,13 +49,17 @@ async def upsert_schedule(ex: Executor, project_id: int, project_name: str, ever
         "next_run = excluded.next_run, drift_pending = false, owner = excluded.owner "
         "RETURNING project_name, next_run::text",
         project_id, project_name, every, cron, arguments, retrain_on_drift, first_run_epoch)
+    await ex.execute("SELECT pg_notify($1::text, $2::text)", SCHEDULE_CHANNEL, project_name)
     return row[0], row[1]
 
 
 async def delete_schedule(ex: Executor, project_name: str) -> bool:
     """Remove the project's schedule (its history stays); False when it had none."""
-    return await ex.fetchval("WITH d AS (DELETE FROM pgml.schedules WHERE project_name = $1::text RETURNING 1) "
-                             "SELECT count(*) > 0 FROM d", project_name)
+    deleted = await ex.fetchval("WITH d AS (DELETE FROM pgml.schedules WHERE project_name = $1::text RETURNING 1) "
+                                "SELECT count(*) > 0 FROM d", project_name)
+    if deleted:
+        await ex.execute("SELECT pg_notify($1::text, $2::text)", SCHEDULE_CHANNEL, project_name)
+    return deleted
 
 
 async def interval_seconds(ex: Executor, interval: str) -> float:
@@ -65,9 +71,22 @@ async def now_epoch(ex: Executor) -> float:
     return float(await ex.fetchval("SELECT extract(epoch FROM now())::float8"))
 
 
-async def any_due(ex: Executor) -> bool:
-    """Cheap poll: is some schedule due (claimable or not)?"""
-    return bool(await ex.fetchval("SELECT EXISTS (SELECT 1 FROM pgml.schedules WHERE next_run <= now())"))
+class ScheduleState(NamedTuple):
+    schedules: int
+    next_due: float | None       # epoch seconds of the earliest next_run
+    running: int                 # runs 'running' on any server
+    drift_watched: int           # schedules with retrain_on_drift
+    now: float                   # the upstream's clock, epoch seconds
+
+
+async def schedule_state(ex: Executor) -> ScheduleState:
+    """What a scheduler needs to know to stay away from the upstream until something is due."""
+    row = await ex.fetchrow(
+        "SELECT count(*), extract(epoch FROM min(next_run))::float8, "
+        "(SELECT count(*) FROM pgml.schedule_history WHERE status = 'running'), "
+        "count(*) FILTER (WHERE retrain_on_drift IS NOT NULL), extract(epoch FROM now())::float8 "
+        "FROM pgml.schedules")
+    return ScheduleState(int(row[0]), row[1], int(row[2]), int(row[3]), float(row[4]))
 
 
 async def claim_due_run(ex: Executor, server: str, next_cron: Callable[[str, float], float]) -> Claim | None:
