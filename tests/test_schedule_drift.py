@@ -79,3 +79,65 @@ def test_monitoring_off(db, start_server):
     srv.stop()                                   # a monitoring server would flush at shutdown
     with db.admin() as admin:
         assert admin.execute("SELECT count(*) FROM pgml.prediction_samples").fetchone() == (0,)
+
+
+def test_monitor_sample_flag_and_environment(monkeypatch):
+    import pytest
+
+    from pgml_server.config import Config, from_args
+    assert Config().monitor_sample == 0.01
+    assert from_args([]).monitor_sample == 0.01
+    assert from_args(["--monitor-sample", "0"]).monitor_sample == 0.0
+    monkeypatch.setenv("PGML_MONITOR_SAMPLE", "0.5")
+    monkeypatch.setenv("PGML_MONITOR_FLUSH_SECONDS", "2.5")
+    config = from_args([])
+    assert (config.monitor_sample, config.monitor_flush_seconds) == (0.5, 2.5)
+    for bad in ("1.5", "-0.1", "lots"):
+        with pytest.raises(SystemExit):
+            from_args(["--monitor-sample", bad])
+    monkeypatch.setenv("PGML_MONITOR_FLUSH_SECONDS", "0")
+    with pytest.raises(SystemExit):
+        from_args([])
+
+
+def test_bins_and_psi_in_process():
+    import numpy as np
+
+    from pgml_server.ml.bins import CELLS, bin_counts, psi, reference_bins
+    from pgml_server.ml.monitor import ModelMonitor, MonitoredPlan
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(5000, 3))
+    X[:10, 1] = np.nan
+    X[:, 2] = np.round(X[:, 2])            # ties on the edges
+    ref = reference_bins(X)
+    edges = np.asarray(ref["edges"])
+    counts = np.asarray(ref["counts"])
+    assert edges.shape == (3, 9) and counts.shape == (3, CELLS)
+    assert (counts.sum(axis=1) == 5000).all() and counts[1, -1] == 10
+    assert np.all(np.diff(edges, axis=1) >= 0)
+    # the small-block and the large-block code paths bin alike
+    few = sum(bin_counts(edges, X[i:i + 50]) for i in range(0, 5000, 50))
+    assert (few == counts).all()
+    same = bin_counts(edges, rng.normal(size=(5000, 3)))
+    shifted = bin_counts(edges, rng.normal(size=(5000, 3)) + [2.0, 0.0, 0.0])
+    assert psi(counts, same).max() < 0.05
+    value = psi(counts, shifted)
+    assert value[0] > 1.0 and value[1] < 0.05
+    assert np.isnan(psi(counts, np.zeros_like(counts))).all()       # nothing observed: no PSI
+
+    class Plan:
+        task, classes = "regression", None
+
+        def predict(self, X):
+            return X[:, 0]
+
+    monitor = ModelMonitor(7, edges, 0.5)
+    plan = MonitoredPlan(Plan(), monitor)
+    for _ in range(200):
+        plan.predict(X[:1])
+    plan.predict(X[:4000])
+    window = monitor.take()
+    assert window["calls"] == 201 and window["predictions"] == 4200
+    assert 1500 < window["sampled_rows"] < 2700 and sum(window["latency_hist"]) == 201
+    assert monitor.take() is None                                    # a fresh window
