@@ -73,7 +73,7 @@ async def now_epoch(ex: Executor) -> float:
 
 class ScheduleState(NamedTuple):
     schedules: int
-    next_due: float | None       # epoch seconds of the earliest next_run
+    next_due: float | None       # epoch seconds of the earliest next_run of a schedule not running now
     running: int                 # runs 'running' on any server
     drift_watched: int           # schedules with retrain_on_drift
     now: float                   # the upstream's clock, epoch seconds
@@ -82,10 +82,11 @@ class ScheduleState(NamedTuple):
 async def schedule_state(ex: Executor) -> ScheduleState:
     """What a scheduler needs to know to stay away from the upstream until something is due."""
     row = await ex.fetchrow(
-        "SELECT count(*), extract(epoch FROM min(next_run))::float8, "
+        "SELECT count(*), extract(epoch FROM min(s.next_run) FILTER (WHERE NOT EXISTS (SELECT 1 FROM "
+        "pgml.schedule_history h WHERE h.schedule_id = s.id AND h.status = 'running')))::float8, "
         "(SELECT count(*) FROM pgml.schedule_history WHERE status = 'running'), "
-        "count(*) FILTER (WHERE retrain_on_drift IS NOT NULL), extract(epoch FROM now())::float8 "
-        "FROM pgml.schedules")
+        "count(*) FILTER (WHERE s.retrain_on_drift IS NOT NULL), extract(epoch FROM now())::float8 "
+        "FROM pgml.schedules s")
     return ScheduleState(int(row[0]), row[1], int(row[2]), int(row[3]), float(row[4]))
 
 
