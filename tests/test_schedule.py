@@ -110,7 +110,8 @@ def test_sigkill_mid_run_fails_the_model_and_the_schedule_runs_on(db, start_serv
         model = wait_for(lambda: admin.execute(
             "SELECT m.id FROM pgml.models m JOIN pgml.projects p ON p.id = m.project_id "
             "WHERE p.name = 'sched-kill' AND m.status = 'in_progress'").fetchone(), 90, "a slow run to train")[0]
-        run = [r for r in _runs(admin, "sched-kill") if r[1] == "running"][0]
+        run = wait_for(lambda: [r for r in _runs(admin, "sched-kill") if r[1] == "running" and r[2] == model],
+                       30, "the running run to show its model")[0]
         victim = next(s for s in servers if f"pid {s.proc.pid} " in run[4])
         survivor = next(s for s in servers if s is not victim)
         admin.execute("DELETE FROM sched_big WHERE ctid NOT IN (SELECT ctid FROM sched_big LIMIT 300)")
@@ -130,6 +131,25 @@ def test_sigkill_mid_run_fails_the_model_and_the_schedule_runs_on(db, start_serv
         with db.client(survivor) as conn:
             conn.execute("SELECT pgml.unschedule('sched-kill')")
         wait_for(lambda: _idle(admin, "sched-kill"), 120, "the last run to finish")
+
+
+def test_runs_missed_while_no_server_ran_happen_once(db, start_server):
+    srv = start_server(upstream_dsn=db.dsn, env=FAST_ENV)
+    with db.client(srv) as conn:
+        _table(conn, "sched_missed", 100)
+        conn.execute("SELECT * FROM pgml.train('sched-missed', 'regression', 'sched_missed', 'y', 'linear')")
+        conn.execute("SELECT * FROM pgml.schedule('sched-missed', every => '1 minute')")
+    srv.stop()
+    with db.admin() as admin:
+        # as if every server had been down for an hour: 60 periods missed
+        admin.execute("UPDATE pgml.schedules SET next_run = next_run - interval '1 hour'")
+        missed = admin.execute("SELECT next_run FROM pgml.schedules").fetchone()[0]
+        start_server(upstream_dsn=db.dsn, env=FAST_ENV)
+        run = wait_for(lambda: [r for r in _runs(admin, "sched-missed") if r[1] == "successful"], 60, "a run")[0]
+        assert run[5] == missed
+        next_run, later = admin.execute("SELECT next_run, next_run > now() FROM pgml.schedules").fetchone()
+        assert later, next_run                     # the next one is in the future: the 59 others collapsed
+        assert len(_runs(admin, "sched-missed")) == 1
 
 
 def test_a_server_stopped_mid_run_fails_the_run_and_keeps_the_deployment(db, start_server):

@@ -168,7 +168,7 @@ class Scheduler:
                 await conn.close()
 
     async def _run(self, conn, ex, claim) -> None:
-        report: dict = {}
+        report = _Report(lambda model_id: self._note_model(claim, model_id))
         started = time.monotonic()
         try:
             await ex.execute(f"SET ROLE {quote_ident(claim.owner)}")
@@ -186,6 +186,14 @@ class Scheduler:
             await self._finish(claim, "failed", report, None, f"{code}: {error}" if code else error)
             return
         await self._finish(claim, "successful", report, bool(row[3]), None, time.monotonic() - started)
+
+    def _note_model(self, claim, model_id: int) -> None:
+        async def note():
+            try:
+                await self.models.run(registry.set_run_model, claim.run_id, model_id)
+            except Exception as exc:   # display only: finish_run records it anyway
+                log.debug("could not note model %d on run %d: %s", model_id, claim.run_id, exc)
+        asyncio.ensure_future(note())
 
     async def _train(self, ex, claim, report: dict):
         args = dict(claim.arguments)
@@ -220,3 +228,16 @@ class Scheduler:
                      model_id, seconds or 0.0, ", deployed" if deployed else ", not deployed (scores lower)")
         else:
             log.info("schedule run %d of %r failed: %s", claim.run_id, claim.project_name, error)
+
+
+class _Report(dict):
+    """train_with's report: calls `on_model(id)` as soon as the run's model row exists."""
+
+    def __init__(self, on_model) -> None:
+        super().__init__()
+        self._on_model = on_model
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        if key == "model_id":
+            self._on_model(value)

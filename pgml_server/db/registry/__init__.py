@@ -14,4 +14,4 @@ from .monitoring import (insert_prediction_sample, model_bins, prediction_sample
                          save_model_bins)
 from .schedules import (SCHEDULE_CHANNEL, Claim, ScheduleState, claim_due_run, delete_schedule, drift_watched,  # noqa: F401
                         fail_orphaned_runs, finish_run, interval_seconds, latest_model_settings, now_epoch,
-                        schedule_state, trigger_drift_run, upsert_schedule)
+                        schedule_state, set_run_model, trigger_drift_run, upsert_schedule)

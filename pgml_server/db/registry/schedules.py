@@ -143,6 +143,12 @@ async def finish_run(ex: Executor, run_id: int, schedule_id: int, status: str, m
         "last_error = $4::text WHERE id = $1::bigint", schedule_id, status, model_id, error)
 
 
+async def set_run_model(ex: Executor, run_id: int, model_id: int) -> None:
+    """The model a running run is training (so its row shows it before the run ends)."""
+    await ex.execute("UPDATE pgml.schedule_history SET model_id = $2::bigint WHERE id = $1::bigint",
+                     run_id, model_id)
+
+
 async def fail_orphaned_runs(ex: Executor) -> list[tuple[int, str]]:
     """Fail `running` runs whose claiming backend is gone (the server died mid-run); (run id, project)."""
     rows = await ex.fetch(
