@@ -206,6 +206,9 @@ def test_a_run_has_the_privileges_of_the_role_that_scheduled_it(db, start_server
                 conn.execute("SELECT count(*) FROM sched_secret")
             conn.execute("SELECT * FROM pgml.schedule('sched-priv', every => '1 second')")
         assert admin.execute("SELECT owner FROM pgml.schedules").fetchone() == (role,)
+        with db.client(srv, role, PW) as conn:   # writing the row directly cannot borrow another role
+            conn.execute("UPDATE pgml.schedules SET owner = 'postgres', arguments = '{}'")
+        assert admin.execute("SELECT owner FROM pgml.schedules").fetchone() == (role,)
         run = wait_for(lambda: [r for r in _runs(admin, "sched-priv") if r[1] == "failed"], 60, "a failed run")[0]
         assert "permission denied" in run[3] and run[2] is None, run
         last = admin.execute("SELECT last_status, last_error FROM pgml.schedules").fetchone()

@@ -225,7 +225,7 @@ class Scheduler:
             log.warning("could not record schedule run %d: %s", claim.run_id, exc)
         if status == "successful":
             log.info("schedule run %d of %r: model %s trained in %.1f s%s", claim.run_id, claim.project_name,
-                     model_id, seconds or 0.0, ", deployed" if deployed else ", not deployed (scores lower)")
+                     model_id, seconds or 0.0, ", deployed" if deployed else ", not deployed")
         else:
             log.info("schedule run %d of %r failed: %s", claim.run_id, claim.project_name, error)
 

@@ -133,6 +133,10 @@ _V2 = "\n".join(
 
 
 # Version 4: scheduled retraining (pgml.schedule) and drift monitoring (prediction samples).
+# A run trains as the schedule's `owner`; the trigger makes whoever writes what a schedule does its
+# owner (current_user), so a role allowed to write pgml.schedules cannot borrow another role's
+# privileges by setting `owner` (or arguments) itself. The server's own bookkeeping (next_run,
+# last_*) does not fire it.
 # (Version 3 belongs to another branch; migrate() applies whatever is missing, gaps allowed.)
 _V4 = """
 CREATE TABLE pgml.schedules (
@@ -154,6 +158,8 @@ CREATE TABLE pgml.schedules (
     CHECK ((every IS NULL) <> (cron IS NULL))
 );
 CREATE INDEX schedules_next_run_idx ON pgml.schedules (next_run);
+CREATE FUNCTION pgml.schedules_owner() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.owner := current_user; RETURN NEW; END $$;
+CREATE TRIGGER schedules_owner BEFORE INSERT OR UPDATE OF project_id, project_name, every, cron, arguments, retrain_on_drift, owner ON pgml.schedules FOR EACH ROW EXECUTE FUNCTION pgml.schedules_owner();
 CREATE TABLE pgml.schedule_history (
     id bigserial PRIMARY KEY,
     schedule_id bigint REFERENCES pgml.schedules (id) ON DELETE SET NULL,
