@@ -28,6 +28,10 @@ class Config:
     shutdown_timeout: float = 30.0      # seconds running statements get after SIGTERM
     embedded_port: int | None = None    # TCP port of the embedded upstream (None: pick a free one)
     dashboard: tuple[str, int] | None = ("127.0.0.1", 8000)   # web dashboard address; None: off
+    monitor_sample: float = 0.01        # fraction of predicted rows binned for drift (0: monitoring off)
+    monitor_flush_seconds: float = 60.0  # PGML_MONITOR_FLUSH_SECONDS: how often samples go to the upstream
+    schedule_poll_seconds: float = 1.0  # PGML_SCHEDULE_POLL_SECONDS: how often the scheduler looks for due runs
+    drift_check_seconds: float = 60.0   # PGML_DRIFT_CHECK_SECONDS: how often retrain_on_drift is checked
 
 
 def _env(*names: str) -> str | None:
@@ -56,6 +60,27 @@ def _dashboard(text: str) -> tuple[str, int] | None:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"--dashboard is HOST:PORT or off, not {text!r}")
     return (host.strip("[]") or "127.0.0.1", int(port))
+
+
+def _fraction(text) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a fraction: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {value}")
+    return value
+
+
+def _seconds(name: str, default: float) -> float:
+    text = _env(name)
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        raise SystemExit(f"pgml-server: {name} must be a number of seconds, not {text!r}") from None
+    if value <= 0:
+        raise SystemExit(f"pgml-server: {name} must be > 0, not {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dashboard", type=_dashboard, default=_env("PGML_DASHBOARD") or "127.0.0.1:8000",
                    metavar="HOST:PORT", help="address of the web dashboard, or 'off' (PGML_DASHBOARD, "
                    "default 127.0.0.1:8000)")
+    p.add_argument("--monitor-sample", type=_fraction, default=_env("PGML_MONITOR_SAMPLE") or 0.01,
+                   metavar="FRACTION", help="fraction of predicted rows binned for drift monitoring "
+                   "(PGML_MONITOR_SAMPLE, default 0.01; 0 turns monitoring off)")
     p.add_argument("--embedded-port", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
@@ -118,4 +146,8 @@ def from_args(argv: list[str] | None = None) -> Config:
         startup_timeout=a.startup_timeout,
         embedded_port=a.embedded_port,
         dashboard=a.dashboard,
+        monitor_sample=float(a.monitor_sample),
+        monitor_flush_seconds=_seconds("PGML_MONITOR_FLUSH_SECONDS", 60.0),
+        schedule_poll_seconds=_seconds("PGML_SCHEDULE_POLL_SECONDS", 1.0),
+        drift_check_seconds=_seconds("PGML_DRIFT_CHECK_SECONDS", 60.0),
     )

@@ -27,6 +27,7 @@ from .proxy.cancel import CancelKeys
 from .proxy.session import Session
 from .proxy.transport import ClientProtocol
 from .proxy.upstream import cancel_upstream, open_upstream
+from .scheduling import Scheduler
 from .sql.predict import rewrite
 from .sql.router import Router
 from .sql.runner import LocalRunner
@@ -46,6 +47,7 @@ class ServerContext:
         self.tls_context = _server_tls(config)
         self.worker = worker
         self.models: ModelService | None = None    # the model cache and its loader (start_services)
+        self.scheduler: Scheduler | None = None    # scheduled retraining (start_services)
 
     def client_count(self) -> int:
         return len(self.sessions)
@@ -128,6 +130,10 @@ async def _serve_cancel_socket(ctx: ServerContext, path: Path):
 
 async def start_services(ctx: ServerContext) -> None:
     ctx.models = await ModelService.start(ctx.config, ctx.upstream_dsn)
+    ctx.scheduler = Scheduler(ctx.models, f"{ctx.models.identity} worker {ctx.worker}",
+                              poll_seconds=ctx.config.schedule_poll_seconds,
+                              drift_check_seconds=ctx.config.drift_check_seconds)
+    ctx.scheduler.start()
 
 
 async def start_dashboard(ctx: ServerContext):
@@ -144,6 +150,8 @@ async def stop_dashboard(dashboard) -> None:
 
 
 async def stop_services(ctx: ServerContext) -> None:
+    if ctx.scheduler is not None:
+        await ctx.scheduler.stop()              # running trainings end 'failed' while the pool is open
     if ctx.models is not None:
         await ctx.models.stop()
 

@@ -402,7 +402,9 @@ STATS_SETTLE = 11.0
 def test_prepared_single_row_predictions_never_touch_the_upstream(fresh_db, start_server, upstream):
     dbname = "pgml_cache_hot"
     db = fresh_db(dbname)
-    srv = on(start_server, db)
+    # Drift monitoring writes its samples to the upstream once a minute by design (issue 13): off here,
+    # where every upstream transaction counts. (The scheduler never polls a database without schedules.)
+    srv = on(start_server, db, "--monitor-sample", "0")
     with connect(srv) as conn:
         conn.execute("SELECT pgml.load_dataset('diabetes')")
         train(conn, "hot", "linear")

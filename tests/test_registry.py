@@ -77,9 +77,10 @@ def test_migrate_twice_applies_once(fresh_db):
     names = run(fresh_db, lambda ex: ex.fetch(
         "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = 'pgml' AND c.relkind IN ('r', 'v') ORDER BY 1"))
-    assert [n for (n,) in names] == ["deployed_models", "deployments", "files", "models", "notebook_cells",
-                                     "notebooks", "overview", "projects", "schema_migrations", "settings",
-                                     "snapshots", "trained_models"]
+    assert [n for (n,) in names] == ["deployed_models", "deployments", "files", "model_bins", "models",
+                                     "notebook_cells", "notebooks", "overview", "prediction_samples",
+                                     "prediction_stats", "projects", "schedule_history", "schedule_runs", "schedules",
+                                     "schema_migrations", "settings", "snapshots", "trained_models"]
 
 
 def test_concurrent_migrations_from_four_connections(fresh_db):

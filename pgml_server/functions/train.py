@@ -23,7 +23,7 @@ from ..ml.training import TrainingError
 from ..ml.training.algorithms import DEFAULT_ALGORITHMS, TASKS, UNSUPERVISED, make_estimator
 from ..ml.training.metrics import key_metric
 from ..ml.training.worker import TrainingJob, train_in_subprocess
-from .base import ANY, Param, register
+from .base import ANY, REQUIRED, Param, register
 
 log = logging.getLogger("pgml_server.train")
 
@@ -102,7 +102,7 @@ def _task(task: str | None) -> str | None:
     return task
 
 
-async def _run_training(ctx, args: dict, task: str | None, joint: bool):
+async def _run_training(ctx, args: dict, task: str | None, joint: bool, report: dict | None = None):
     ex = ctx.executor
     name = args["project_name"]
     project = await registry.get_project(ex, name)
@@ -140,6 +140,8 @@ async def _run_training(ctx, args: dict, task: str | None, joint: bool):
     ctx.notice(f"pgml.train: {len(y)} rows × {len(data.kinds)} columns from snapshot {snapshot.id}")
     model_id = await registry.create_model(ex, project.id, snapshot.id, args["algorithm"], args["hyperparams"],
                                            args["search"], args["search_params"], args["search_args"])
+    if report is not None:
+        report["model_id"] = model_id
     job = TrainingJob(task=task, algorithm=args["algorithm"], hyperparams=args["hyperparams"] or {},
                       X=None, y=y, test_size=args["test_size"], test_sampling=args["test_sampling"],
                       search=args["search"], search_params=args["search_params"] or {},
@@ -166,6 +168,7 @@ async def _run_training(ctx, args: dict, task: str | None, joint: bool):
     await registry.finish_model(ex, model_id, num_features=pre.num_features, metrics=metrics,
                                 hyperparams=result.hyperparams, artifact=artifact)
     ctx.notice("pgml.train: preprocessing " + _describe_preprocessing(pre))
+    await _save_bins(ctx, model_id, _feature_names(pre), result)
     deployed = False
     if args["automatic_deploy"] and await registry.should_auto_deploy(ex, project.id, model_id, key_metric(task)):
         await registry.deploy_model_id(ex, model_id, strategy="new_score")
@@ -183,6 +186,50 @@ def _settle(args: dict, task: str) -> None:
     if args["algorithm"] is None:
         args["algorithm"] = DEFAULT_ALGORITHMS[task]
     _validate(args, task)
+
+
+def _feature_names(pre) -> list[str]:
+    try:
+        return list(pre.feature_names())
+    except Exception:  # noqa: BLE001 - names are for display only
+        return []
+
+
+async def _save_bins(ctx, model_id: int, names: list[str], result) -> None:
+    """The drift reference of the new model (ml/bins.py), written on the server's connection before
+    any deploy, so every replica that loads the model monitors it; best effort."""
+    bins = getattr(result, "feature_bins", None)
+    if not bins:
+        return
+    width = len(bins["edges"])
+    if len(names) != width:
+        names = [f"feature_{i}" for i in range(width)]
+    try:
+        await ctx.models.run(registry.save_model_bins, model_id, names, bins["edges"], bins["counts"],
+                             bins["rows"])
+    except Exception as err:
+        log.warning("could not store the reference bins of model %d: %s", model_id, err)
+
+
+class _Caller:
+    """What the training code path needs of its caller, for callers without a client session."""
+    __slots__ = ("executor", "notice", "models")
+
+    def __init__(self, executor, notice, models) -> None:
+        self.executor, self.notice, self.models = executor, notice, models
+
+
+async def train_with(executor, notice, models, args: dict, *, joint: bool = False,
+                     report: dict | None = None) -> tuple:
+    """pgml.train's code path for a caller without a session (the scheduler): `executor` reads and writes
+    with its own role, `notice(text)` gets the progress lines, `models` is the ModelService. `args` are
+    pgml.train's arguments (missing ones take their defaults). Returns pgml.train's row; `report`, when
+    given, receives "model_id" as soon as the model row exists (also when training then fails).
+    Raises PgError as pgml.train does."""
+    params = _JOINT_PARAMS if joint else _TRAIN_PARAMS
+    full = {p.name: p.default for p in params if p.default is not REQUIRED}
+    full.update({k: v for k, v in args.items() if v is not None})
+    return await _run_training(_Caller(executor, notice, models), full, _task(full.get("task")), joint, report)
 
 
 def _validate(args: dict, task: str) -> None:

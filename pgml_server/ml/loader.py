@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+
 import asyncpg
 
 from protocol.errors import PgError
@@ -20,6 +23,7 @@ from . import artifacts
 from .cache import CachedModel, ModelCache
 from .inference import compile_plan, gpu_available, set_min_batch
 from .model import ModelInputs, unbundle
+from .monitor import MonitorHub
 from .training.worker import prestart
 
 log = logging.getLogger("pgml_server.models")
@@ -37,6 +41,10 @@ class ModelService:
         self._listener: asyncpg.Connection | None = None
         self._listen_task: asyncio.Task | None = None
         self._stopping = False
+        # Drift monitoring (ml/monitor.py): off with --monitor-sample 0.
+        self.identity = f"{socket.gethostname()}:{config.port} pid {os.getpid()}"
+        self.monitors = MonitorHub(config.monitor_sample, config.monitor_flush_seconds, self.identity) \
+            if config.monitor_sample > 0 else None
 
     @classmethod
     async def start(cls, config: Config, upstream_dsn: str) -> "ModelService":
@@ -53,6 +61,8 @@ class ModelService:
             else:
                 key = await registry.get_or_create_hmac_key(ex)
         service = cls(config, upstream_dsn, pool, key)
+        if service.monitors is not None:
+            service.monitors.start(pool)
         await service._listen()
         service._listen_task = asyncio.ensure_future(service._keep_listening())
         asyncio.ensure_future(service.warm())
@@ -67,6 +77,8 @@ class ModelService:
             self._listen_task.cancel()
         if self._listener is not None:
             await self._listener.close()
+        if self.monitors is not None:
+            await self.monitors.stop(self.pool)      # the last window's samples
         await self.pool.close()
 
     # -- the registry on the server's own connection
@@ -88,6 +100,7 @@ class ModelService:
             if meta is None:
                 return None
             blob = await registry.model_artifact(ex, model_id)
+            bins = await registry.model_bins(ex, model_id) if self.monitors is not None else None
         if blob is None:
             return None
         try:
@@ -98,10 +111,12 @@ class ModelService:
         plan = compile_plan(estimator, meta["task"], gpu=self.config.gpu)
         log.info("loaded model %d (%s, %s plan, gpu %s)", model_id, meta["algorithm"], getattr(plan, "kind", "?"),
                  getattr(plan, "gpu", "off"))
+        nbytes = int(getattr(plan, "nbytes", len(blob)))
+        if self.monitors is not None:
+            plan = self.monitors.wrap(plan, model_id, bins)
         inputs = ModelInputs(bundle) if bundle is not None and bundle.preprocessor is not None else None
         return CachedModel(model_id, meta.get("project_name"), meta["task"], int(meta["num_features"] or 0),
-                           plan, int(getattr(plan, "nbytes", len(blob))), inputs,
-                           bundle.labels if bundle is not None else None)
+                           plan, nbytes, inputs, bundle.labels if bundle is not None else None)
 
     async def warm(self) -> None:
         """Load every deployed model at start-up so the first prediction is as fast as the rest."""

@@ -10,3 +10,8 @@ from .models import (create_model, fail_model, fail_orphaned_models, fail_stale_
                      finish_model, get_or_create_hmac_key, json_safe, model_artifact, model_info)
 from .projects import (Project, Snapshot, create_snapshot, get_or_create_project, get_project,  # noqa: F401
                        get_snapshot, last_snapshot, record_snapshot_analysis, snapshot_columns, snapshot_table)
+from .monitoring import (insert_prediction_sample, model_bins, prediction_samples,  # noqa: F401
+                         save_model_bins)
+from .schedules import (SCHEDULE_CHANNEL, Claim, ScheduleState, claim_due_run, delete_schedule, drift_watched,  # noqa: F401
+                        fail_orphaned_runs, finish_run, interval_seconds, latest_model_settings, now_epoch,
+                        schedule_state, set_run_model, trigger_drift_run, upsert_schedule)

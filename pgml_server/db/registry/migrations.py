@@ -161,10 +161,118 @@ GRANT USAGE ON SEQUENCE pgml.notebooks_id_seq, pgml.notebook_cells_id_seq TO PUB
 """
 
 
+
+# Version 4: scheduled retraining (pgml.schedule) and drift monitoring (prediction samples).
+# A run trains as the schedule's `owner`; the trigger makes whoever writes what a schedule does its
+# owner (current_user), so a role allowed to write pgml.schedules cannot borrow another role's
+# privileges by setting `owner` (or arguments) itself. The server's own bookkeeping (next_run,
+# last_*) does not fire it.
+# (Version 3 belongs to another branch; migrate() applies whatever is missing, gaps allowed.)
+_V4 = """
+CREATE TABLE pgml.schedules (
+    id bigserial PRIMARY KEY,
+    project_id bigint NOT NULL UNIQUE REFERENCES pgml.projects (id) ON DELETE CASCADE,
+    project_name text NOT NULL,
+    every interval,
+    cron text,
+    arguments jsonb NOT NULL DEFAULT '{}',
+    retrain_on_drift real,
+    drift_pending boolean NOT NULL DEFAULT false,
+    next_run timestamptz NOT NULL,
+    last_run timestamptz,
+    last_status text,
+    last_model_id bigint,
+    last_error text,
+    owner name NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    CHECK ((every IS NULL) <> (cron IS NULL))
+);
+CREATE INDEX schedules_next_run_idx ON pgml.schedules (next_run);
+CREATE FUNCTION pgml.schedules_owner() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.owner := current_user; RETURN NEW; END $$;
+CREATE TRIGGER schedules_owner BEFORE INSERT OR UPDATE OF project_id, project_name, every, cron, arguments, retrain_on_drift, owner ON pgml.schedules FOR EACH ROW EXECUTE FUNCTION pgml.schedules_owner();
+CREATE TABLE pgml.schedule_history (
+    id bigserial PRIMARY KEY,
+    schedule_id bigint REFERENCES pgml.schedules (id) ON DELETE SET NULL,
+    project_name text NOT NULL,
+    due_at timestamptz NOT NULL,
+    reason text NOT NULL,
+    status text NOT NULL CHECK (status IN ('running', 'successful', 'failed')),
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz,
+    model_id bigint,
+    deployed boolean,
+    error text,
+    server text,
+    backend_pid integer
+);
+CREATE INDEX schedule_history_schedule_idx ON pgml.schedule_history (schedule_id, id);
+CREATE INDEX schedule_history_running_idx ON pgml.schedule_history (schedule_id) WHERE status = 'running';
+CREATE VIEW pgml.schedule_runs AS
+SELECT id, schedule_id, project_name, reason, due_at, started_at, finished_at, status, model_id, deployed,
+       error, server, backend_pid
+FROM pgml.schedule_history
+ORDER BY id;
+CREATE TABLE pgml.model_bins (
+    model_id bigint PRIMARY KEY REFERENCES pgml.models (id) ON DELETE CASCADE,
+    feature_names text[] NOT NULL,
+    edges float8[] NOT NULL,
+    reference int8[] NOT NULL,
+    rows bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE TABLE pgml.prediction_samples (
+    id bigserial PRIMARY KEY,
+    model_id bigint NOT NULL REFERENCES pgml.models (id) ON DELETE CASCADE,
+    window_start timestamptz NOT NULL,
+    window_end timestamptz NOT NULL,
+    server text,
+    predictions bigint NOT NULL,
+    calls bigint NOT NULL,
+    sampled_rows bigint NOT NULL,
+    bins int8[],
+    latency_sum_us float8 NOT NULL,
+    latency_hist int8[] NOT NULL
+);
+CREATE INDEX prediction_samples_model_idx ON pgml.prediction_samples (model_id, window_end);
+CREATE VIEW pgml.prediction_stats AS
+WITH hist AS (
+    SELECT s.model_id, h.i, sum(h.c)::float8 AS c
+    FROM pgml.prediction_samples s, unnest(s.latency_hist) WITH ORDINALITY AS h(c, i)
+    GROUP BY s.model_id, h.i
+), cum AS (
+    SELECT model_id, i, sum(c) OVER (PARTITION BY model_id ORDER BY i) AS run,
+           sum(c) OVER (PARTITION BY model_id) AS total
+    FROM hist
+), pct AS (
+    SELECT model_id,
+           min(i) FILTER (WHERE run >= 0.50 * total) AS i50,
+           min(i) FILTER (WHERE run >= 0.95 * total) AS i95,
+           min(i) FILTER (WHERE run >= 0.99 * total) AS i99
+    FROM cum WHERE total > 0 GROUP BY model_id
+), tot AS (
+    SELECT model_id, min(window_start) AS window_start, max(window_end) AS window_end,
+           sum(predictions)::bigint AS predictions, sum(calls)::bigint AS calls,
+           sum(sampled_rows)::bigint AS sampled_rows, sum(latency_sum_us) AS latency_sum_us
+    FROM pgml.prediction_samples GROUP BY model_id
+)
+SELECT p.name AS project_name, t.model_id, t.window_start, t.window_end, t.predictions, t.calls,
+       t.sampled_rows, (t.latency_sum_us / nullif(t.calls, 0))::real AS mean_latency_us,
+       power(2, (q.i50 - 0.5) / 4.0)::real AS p50_latency_us,
+       power(2, (q.i95 - 0.5) / 4.0)::real AS p95_latency_us,
+       power(2, (q.i99 - 0.5) / 4.0)::real AS p99_latency_us
+FROM tot t
+JOIN pgml.models m ON m.id = t.model_id
+JOIN pgml.projects p ON p.id = m.project_id
+LEFT JOIN pct q ON q.model_id = t.model_id;
+GRANT SELECT ON pgml.schedule_runs, pgml.prediction_stats TO PUBLIC;
+"""
+
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
     (2, _V2),
     (3, _V3),
+    (4, _V4),
 ]
 
 _BOOTSTRAP = (

@@ -30,6 +30,7 @@ import numpy as np
 
 from protocol.errors import PgError
 
+from ..bins import reference_bins
 from . import TrainingError
 from .algorithms import UNSUPERVISED, canonical_name, make_estimator
 from .metrics import key_metric, score
@@ -81,6 +82,7 @@ class TrainingResult:
     search_results: dict | None = None
     warnings: list[str] = field(default_factory=list)
     preprocessor: object = None        # the fitted preprocessing.Preprocessor, when the job had columns
+    feature_bins: dict | None = None   # ml/bins.reference_bins of the training split (drift reference)
 
 
 # ---------------------------------------------------------------- the training itself
@@ -130,7 +132,8 @@ def run_job(job: TrainingJob, progress: Callable[[str], None] = lambda message: 
     return TrainingResult(
         estimator_bytes=pickle.dumps(estimator, protocol=pickle.HIGHEST_PROTOCOL), metrics=metrics,
         hyperparams=used, num_features=features, classes=_classes(estimator), fit_time=fit_time,
-        score_time=score_time, search_results=search_results, warnings=notes, preprocessor=preprocessor)
+        score_time=score_time, search_results=search_results, warnings=notes, preprocessor=preprocessor,
+        feature_bins=_feature_bins(split.X_train))
 
 
 def _preprocessed_split(job: TrainingJob, algorithm: str, progress: Callable[[str], None]):
@@ -180,6 +183,14 @@ def _run_unsupervised(job: TrainingJob, progress: Callable[[str], None]) -> Trai
         estimator_bytes=pickle.dumps(estimator, protocol=pickle.HIGHEST_PROTOCOL), metrics=metrics,
         hyperparams=_used_params(job.hyperparams), num_features=features, classes=None, fit_time=fit_time,
         score_time=score_time, warnings=notes, preprocessor=preprocessor)
+
+
+def _feature_bins(X_train: np.ndarray) -> dict | None:
+    """The drift reference; a failure here costs the monitoring of this model, never the training."""
+    try:
+        return reference_bins(X_train)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _search(job: TrainingJob, estimator, split, progress):

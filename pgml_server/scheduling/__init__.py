@@ -1,0 +1,2 @@
+"""Scheduled retraining and drift-triggered retraining: the loop every server process runs."""
+from .scheduler import Scheduler  # noqa: F401
