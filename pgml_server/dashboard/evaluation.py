@@ -37,9 +37,11 @@ async def test_split(db: asyncpg.Connection, through: asyncpg.Pool, model: dict,
         return {"unavailable": "test-split charts are drawn for single-label models only"}
     label = labels[0]
     features = [(n, o) for n, o, _ in cols if n != label]
-    if not features or any(o not in NUMERIC_TYPES and o != _BOOL for _, o in features):
-        return {"unavailable": "test-split charts need numeric or boolean feature columns"}
-    label_oid = next((o for n, o, _ in cols if n == label), None)
+    if not features:
+        return {"unavailable": "the snapshot has no feature columns"}
+    # Numbers go as an ARRAY (arrays of numbers spliced in); other columns (text, dates, …) as a
+    # row of the snapshot's own values, which the model's preprocessing reads column by column.
+    numeric = all(o in NUMERIC_TYPES or o == _BOOL for _, o in features)
     table = f"pgml.snapshot_{int(snap['id'])}"
     n_rows = await db.fetchval(f"SELECT count(*) FROM {table}")
     try:
@@ -61,13 +63,16 @@ async def test_split(db: asyncpg.Connection, through: asyncpg.Pool, model: dict,
     index = np.sort(index)
     shown = index[:SAMPLE]
     task = model["task"]
-    feats = ", ".join(_feature_expr(n, o) for n, o in features)
+    if numeric:
+        feats = "ARRAY[" + ", ".join(_feature_expr(n, o) for n, o in features) + "]"
+    else:
+        feats = "ROW(" + ", ".join(f"s.{_q(n)}" for n, _ in features) + ")"
     mid = int(model["id"])
     metrics = model.get("metrics") or {}
     classes = metrics.get("classes")
     binary = task == "classification" and (len(classes) == 2 if classes else None)
-    proba = f", pgml.predict_proba({mid}, ARRAY[{feats}]) AS proba" if task == "classification" else ""
-    sql = (f"SELECT s.{_q(label)} AS actual, pgml.predict({mid}, ARRAY[{feats}]) AS predicted{proba} "
+    proba = f", pgml.predict_proba({mid}, {feats}) AS proba" if task == "classification" else ""
+    sql = (f"SELECT s.{_q(label)} AS actual, pgml.predict({mid}, {feats}) AS predicted{proba} "
            f"FROM (SELECT row_number() OVER (ORDER BY ctid) - 1 AS pgml_row_, * FROM {table}) s "
            f"WHERE s.pgml_row_ = ANY('{{{','.join(str(int(i)) for i in shown)}}}'::int8[]) ORDER BY s.pgml_row_")
     try:

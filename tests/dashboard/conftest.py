@@ -107,8 +107,11 @@ def admin(client):
 
 # ---------------------------------------------------------------- the browser
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    # Module scope, not session: Playwright's sync API keeps an event loop running in this thread
+    # while it is open, and every later test's asyncio.run() would fail ("cannot be called from a
+    # running event loop").
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing (make test installs Debian's chromium with apt-get when run as root)")
     try:

@@ -208,10 +208,9 @@ def test_server_page_lists_trainings_in_progress_and_schedules(admin, dash):
             assert 'id="schedules">none' in html
             training = html.split('id="training"')[1].split("</table>")[0]
             assert f"<td>{mid}</td>" in training and "xgboost" in training
-            conn.execute("CREATE TABLE pgml.schedules (id int, project text, every interval)")
-            conn.execute("INSERT INTO pgml.schedules VALUES (1, 'Dash Diabetes', '1 day')")
+            conn.execute("SELECT * FROM pgml.schedule('Dash Diabetes', every => '1 day')")
             html = admin.get("/server").text
             assert "Dash Diabetes" in html.split('id="schedules"')[1] and "1 day" in html
         finally:
-            conn.execute("DROP TABLE IF EXISTS pgml.schedules")
+            conn.execute("SELECT pgml.unschedule('Dash Diabetes')")
             conn.execute("DELETE FROM pgml.models WHERE id = %s", [mid])

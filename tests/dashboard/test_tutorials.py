@@ -66,7 +66,8 @@ def test_relational_tutorial_until_preprocessing(admin, dash):
 
 
 def test_tree_model_shows_its_own_importances(admin, dash):
-    """After the regression tutorial: its xgboost model's page draws feature_importances_."""
+    """After the regression tutorial: its xgboost model's page draws the importances that
+    pgml.feature_importance gives (in the relation's own columns)."""
     srv, _ = dash
     with psycopg.connect(srv.dsn()) as conn:
         row = conn.execute("SELECT max(m.id) FROM pgml.models m JOIN pgml.projects p ON p.id = m.project_id "
@@ -75,5 +76,5 @@ def test_tree_model_shows_its_own_importances(admin, dash):
         run_notebook(admin, srv, "regression")
         return test_tree_model_shows_its_own_importances(admin, dash)
     html = admin.get(f"/models/{row[0]}").text
-    assert "feature_importances_" in html and 'data-chart="importance"' in html
+    assert "from pgml.feature_importance" in html and 'data-chart="importance"' in html
     assert html.count("<rect", html.index('data-chart="importance"')) >= 10
