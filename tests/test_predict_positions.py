@@ -128,3 +128,25 @@ def test_predict_from_the_predictions_of_a_subquery(conn, expected):
         direct = conn.execute("SELECT pgml.predict('pos-reg', %s::float8[])",
                               ([p / 1000] + [0.0] * 9,)).fetchone()[0]
         assert q == pytest.approx(direct, rel=1e-4)
+
+
+def test_bound_filters_beside_a_stream_prediction(conn, server):
+    """A bound filter next to a predict in the target list: asyncpg with unnamed statements
+    (statement_cache_size=0) declares no types, psycopg sends a typed float (found by the
+    dashboard: 08P01 'bind message supplies 1 parameters' and 22P03 before)."""
+    import asyncio
+
+    import asyncpg
+    sql = f"SELECT target, pgml.predict('pos-reg', {FEATURES}) FROM pgml.diabetes WHERE age > $1"
+    expected = conn.execute(sql.replace("$1", "0.01")).fetchall()
+
+    async def unnamed():
+        c = await asyncpg.connect(server.dsn(), statement_cache_size=0)
+        try:
+            return await c.fetch(sql, 0.01)
+        finally:
+            await c.close()
+    assert len(asyncio.run(unnamed())) == len(expected) > 0
+    for binary in (False, True):
+        got = conn.cursor(binary=binary).execute(sql.replace("$1", "%s"), (0.01,)).fetchall()
+        assert [r[0] for r in got] == [r[0] for r in expected]
