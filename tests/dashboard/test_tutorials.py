@@ -52,17 +52,14 @@ def test_tutorial_runs(admin, dash, tutorial):
             assert out["error"] is None, (pos, out["error"])
 
 
-def test_relational_tutorial_until_preprocessing(admin, dash):
-    """Tables, the joined view and its queries run today; the cells from pgml.train on need
-    text/NULL preprocessing and are reported, not asserted (see the report of issue 12)."""
+def test_relational_tutorial_runs_top_to_bottom(admin, dash):
+    """Tables joined in a view, text categories and NULLs trained with preprocess, a prediction
+    from a row constructor with NULLs, the columns' importances: every cell runs."""
     srv, _ = dash
     outputs = run_notebook(admin, srv, "relational")
-    first_train = min(pos for pos, out in outputs.items() if "pgml.train" in out["contents"])
+    assert any("pgml.train" in out["contents"] for out in outputs.values())
     for pos, out in outputs.items():
-        if pos < first_train:
-            assert out["error"] is None, (pos, out["error"])
-    failing = {pos: out["error"]["message"][:120] for pos, out in outputs.items() if out["error"]}
-    print("relational tutorial cells failing on this version:", failing)
+        assert out["error"] is None, (pos, out["error"])
 
 
 def test_tree_model_shows_its_own_importances(admin, dash):
