@@ -17,10 +17,12 @@ RUN pip install --no-cache-dir . && rm -rf /src
 RUN useradd --create-home --uid 10001 pgml && install -d -o pgml -g pgml /var/lib/pgml
 USER pgml
 WORKDIR /home/pgml
+# The dashboard listens on every interface inside the container (127.0.0.1 would be unreachable).
 ENV PGML_DATA_DIR=/var/lib/pgml/data \
+    PGML_DASHBOARD=0.0.0.0:8000 \
     PYTHONUNBUFFERED=1
 VOLUME ["/var/lib/pgml"]
-EXPOSE 5433
+EXPOSE 5433 8000
 
 # exec: the server gets SIGTERM itself and shuts down cleanly; --upstream only when one is set.
 CMD ["sh", "-c", "exec pgml-server --host 0.0.0.0 --port 5433 ${DATABASE_URL:+--upstream \"$DATABASE_URL\"}"]
