@@ -8,8 +8,9 @@ preprocessing, whose features are numbers in the relation's column order, as bef
 `ModelInputs` turns each kind of predict input into features:
 - numbers (`pgml.predict(p, ARRAY[...])`, bound float8[]): Preprocessor.transform_numbers, with the
   affine fast path (impute and scale elementwise) when every input is a plain number;
-- a row of Python values (a row constructor or VARIADIC scalars answered locally):
-  Preprocessor.transform_row;
+- a row of Python values (a row constructor or VARIADIC scalars answered locally): the row
+  function compiled once per model (preprocessing/rows.py: per-column plans, a few µs, equal to
+  Preprocessor.transform_row bit for bit, which answers what the plans do not cover);
 - canonical rows (the SQL rewrites send `ARRAY[pgml.feature(a), pgml.feature(b), ...]`, computed by
   the upstream: numbers, booleans 0/1, temporal values in seconds, categories as their 53-bit
   hash): the hashes are mapped back to the categories by one searchsorted per column, then
@@ -27,6 +28,7 @@ from protocol import sqlstate
 from protocol.errors import PgError
 
 from .preprocessing import ARRAY, CATEGORICAL, TEMPORAL, Labels, Preprocessor, TextColumn
+from .preprocessing.rows import compile_row
 from .temporal import epoch_of_text
 
 _NOT_TEXT = b"\xff"        # never a category: UTF-8 has no 0xFF byte (the "unknown" slot)
@@ -71,6 +73,8 @@ class ModelInputs:
         self.identity = self.affine is not None and bool((self.affine[1] == 0).all() and (self.affine[2] == 1).all())
         self.columns = [k.name for k in self.kinds]
         self.has_arrays = any(k.kind == ARRAY for k in self.kinds)
+        self.temporal = [(i, k.subkind) for i, k in enumerate(self.kinds) if k.kind == TEMPORAL]
+        self.row = compile_row(pre) or pre.transform_row
         # Per text column: its categories' hashes sorted, and the categories in that order.
         self.hashes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name, values in categorical_vocabularies(pre).items():
@@ -94,11 +98,14 @@ class ModelInputs:
     # -- one row of Python values
 
     def from_row(self, values) -> np.ndarray:
-        values = list(values)
-        for i, kind in enumerate(self.kinds):
-            if kind.kind == TEMPORAL and i < len(values) and isinstance(values[i], str):
-                values[i] = epoch_of_text(kind.subkind, values[i])     # an untyped (text) parameter
-        return self.pre.transform_row(values)
+        for i, subkind in self.temporal:
+            if i < len(values) and isinstance(values[i], str):
+                values = list(values)
+                for j, sub in self.temporal:
+                    if j < len(values) and isinstance(values[j], str):
+                        values[j] = epoch_of_text(sub, values[j])     # an untyped (text) parameter
+                break
+        return self.row(values)
 
     # -- canonical rows from the upstream (pgml.feature values)
 
