@@ -17,6 +17,7 @@ from protocol.errors import PgError
 
 from ..functions import FUNCTIONS, Function
 from ..functions.base import ANY, RECORD, BoundArgs, bind, evaluate
+from ..ml import temporal
 from .astutil import func_name, is_pgml_call
 
 
@@ -159,6 +160,34 @@ _CAST_TYPES = {
 }
 
 
+# Temporal casts inside a row constructor: bound values arrive as their epoch (encoding.decode_param),
+# constants are read the same way; the model's preprocessing takes epochs for temporal columns.
+_TEMPORAL_CASTS = {"timestamp": temporal.TIMESTAMP, "timestamptz": temporal.TIMESTAMPTZ, "date": temporal.DATE,
+                   "time": temporal.TIME, "timetz": temporal.TIMETZ, "interval": temporal.INTERVAL}
+
+
+def _row_item(node, params: dict[int, int]) -> Evaluator | None:
+    """One value of a row constructor: compile_expr, plus casts to a temporal type (its epoch)."""
+    if isinstance(node, ast.TypeCast) and not node.typeName.arrayBounds:
+        oid = _TEMPORAL_CASTS.get(node.typeName.names[-1].sval.lower())
+        if oid is not None:
+            if isinstance(node.arg, ast.ParamRef):
+                params[node.arg.number] = oid
+                return Evaluator(lambda p, i=node.arg.number - 1: p[i])
+            if isinstance(node.arg, ast.A_Const):
+                text = None if node.arg.isnull else _const_value(node.arg.val)
+                if text is None:
+                    return Evaluator(lambda p: None)
+                if isinstance(text, str):
+                    try:
+                        value = temporal.epoch_of_wire(oid, text.encode(), False)
+                    except Exception:          # the upstream reads what this cannot (and reports errors)
+                        return None
+                    return Evaluator(lambda p, v=value: v)
+            return None
+    return compile_expr(node, params, types.TEXT)
+
+
 def cast_type(type_name: ast.TypeName) -> int | None:
     base = _CAST_TYPES.get(type_name.names[-1].sval.lower())
     if base is None:
@@ -190,7 +219,7 @@ def compile_expr(node, params: dict[int, int], expected: int) -> Evaluator | Non
     if isinstance(node, ast.RowExpr):
         # A row constructor of mixed values (a row of the relation's columns): a tuple, which
         # the model's preprocessing reads column by column. Untyped $n in it are text.
-        items = [compile_expr(e, params, types.TEXT) for e in node.args or ()]
+        items = [_row_item(e, params) for e in node.args or ()]
         if any(i is None for i in items):
             return None
         # is_array: the row is the whole features value, as an array would be (not one VARIADIC element)
