@@ -87,3 +87,20 @@ def test_typed_temporal_casts_in_a_row_are_local_and_equal_the_upstream_path(con
     constant = conn.execute("SELECT pgml.predict('fastrow', (3.5, 'k5', timestamp '2024-03-09 17:45:12', true))"
                             ).fetchone()[0]
     assert constant == pytest.approx(local[0], rel=1e-6)
+
+
+def test_same_run_probes_a_doubling_prefix_and_finds_every_run_length():
+    import numpy as np
+    from pgml_server.pipeline.consumers import same_run
+    rng = np.random.default_rng(3)
+    for count in (1, 2, 63, 64, 65, 256, 257, 1000, 5000):
+        for stop in sorted({0, 1, count // 2, count - 1, count}):
+            block = np.zeros((count, 9), dtype=np.uint8)
+            block[:, 5:] = rng.integers(0, 255, (count, 4))
+            if stop < count:
+                block[stop:, 2] = 7 if stop else 0
+                if stop == 0:
+                    block[0, 2] = 7
+                    block[1:, 2] = 0
+            expected = count if stop >= count else max(stop, 1) if stop else 1
+            assert same_run(block, [slice(0, 5)]) == expected, (count, stop)

@@ -20,7 +20,7 @@ from protocol.errors import PgError
 
 from ...functions.predict import batch_features, run_plan
 from ...ml.cache import CachedModel
-from ...pipeline.consumers import Collector
+from ...pipeline.consumers import Collector, same_run
 from ...pipeline.fifo import Consumer
 from ...pipeline.internal import InternalStatement, run_internal
 from ..arrays import float8_array_block, float8_arrays
@@ -272,10 +272,7 @@ class _StreamConsumer(Consumer):
             return start
         # Every row must match the first one in type byte, length and every field's length word.
         checks = [slice(0, 7)] + [slice(5 + off - 4, 5 + off) for off, _ in layout]
-        same = np.ones(count, dtype=bool)
-        for sl in checks:
-            same &= (block[:, sl] == block[0, sl]).all(axis=1)
-        k = count if same.all() else int(np.argmin(same))
+        k = same_run(block, checks)
         if k < 2:
             return start
         block = block[:k]
