@@ -114,7 +114,8 @@ def by_hand(dsn: str, read: str = "copy") -> tuple[float, dict]:
                 for block in copy:
                     buf.write(block)
             buf.seek(0)
-            df = pd.read_csv(buf, parse_dates=["ts"])
+            df = pd.read_csv(buf)
+            df["ts"] = pd.to_datetime(df["ts"], format="ISO8601")     # PostgreSQL drops zero microseconds
         else:
             with conn.cursor() as cur:
                 cur.execute(query)

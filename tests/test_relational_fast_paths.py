@@ -104,3 +104,20 @@ def test_same_run_probes_a_doubling_prefix_and_finds_every_run_length():
                     block[1:, 2] = 0
             expected = count if stop >= count else max(stop, 1) if stop else 1
             assert same_run(block, [slice(0, 5)]) == expected, (count, stop)
+
+
+def test_numeric_arrays_with_null_elements_stream_in_blocks_and_equal_one_row(conn):
+    """ARRAY[...] features with NULL elements: the stream rewrite sends array_replace(…, NULL, 'NaN')
+    (NULL and NaN are both missing), so those rows stay in the blocks; same values as one row alone."""
+    conn.execute("CREATE OR REPLACE VIEW fastrow_num AS SELECT n, (id % 17)::float8 AS m, y FROM fastrow")
+    conn.execute("SELECT * FROM pgml.train('fastnum', 'regression', 'fastrow_num', 'y', 'lightgbm', "
+                 "'{\"n_estimators\": 20}')")
+    rows = conn.execute("SELECT n, m, pgml.predict('fastnum', ARRAY[n, m]) FROM fastrow_num").fetchall()
+    assert len(rows) == 3000 and sum(1 for r in rows if r[0] is None) > 300
+    for n, m, p in [r for r in rows if r[0] is None][:20] + rows[::97]:
+        one = conn.execute("SELECT pgml.predict('fastnum', ARRAY[%s, %s]::float8[])", (n, m)).fetchone()[0]
+        assert one == pytest.approx(p, rel=1e-6, abs=1e-6)
+    whole_null = conn.execute("SELECT pgml.predict('fastnum', CASE WHEN n IS NULL THEN NULL ELSE ARRAY[n, m] END) "
+                              "FROM fastrow_num WHERE n IS NOT NULL LIMIT 5").fetchall()
+    assert len(whole_null) == 5
+    conn.execute("DROP VIEW fastrow_num")

@@ -185,3 +185,29 @@ def test_model_inputs_from_row_uses_the_compiled_row_and_parses_temporal_text():
             converted[i] = epoch_of_text(k.subkind, values[i])
     assert got.tobytes() == pre.transform_row(converted).tobytes()
     assert inputs.from_row(tuple(converted)).tobytes() == got.tobytes()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_canonical_rows_hash_to_code_equals_the_words_path(case):
+    """from_canonical maps a text column's hashes straight to codes and table rows; the result is the
+    one of the words' path (hash → category text → Preprocessor.transform), NULLs and unseen too."""
+    from pgml_server.ml.model import categorical_vocabularies
+    pre = _fitted(case)
+    hashes = {name: list(rng.permutation(len(words)) * 7.0 + 3.0) for name, words in categorical_vocabularies(pre).items()}
+    inputs = ModelInputs(ModelBundle(b"", pre, None, hashes))
+    assert inputs.direct is not None
+    n = 500
+    X = np.empty((n, len(KINDS)))
+    for i, k in enumerate(KINDS):
+        if k.name in hashes:
+            known = np.asarray(hashes[k.name])
+            X[:, i] = known[rng.integers(0, len(known), n)] if len(known) else 1.0
+            X[rng.random(n) < 0.1, i] = 12345.5             # a hash no category has: unknown
+        else:
+            X[:, i] = rng.normal(5, 3, n) if k.kind != "temporal" else rng.uniform(-2e9, 2e9, n)
+        X[rng.random(n) < 0.1, i] = np.nan                   # NULL
+    X[:, KINDS.index(column_kind("flag", 16))] = np.where(np.isnan(X[:, 2]), np.nan, X[:, 2] > 5)
+    direct = inputs.from_canonical(X)
+    inputs.direct = None
+    words = inputs.from_canonical(X)
+    assert direct.tobytes() == words.tobytes()
