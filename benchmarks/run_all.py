@@ -25,6 +25,7 @@ QUICK_ARGS = {
     "predict": ["--rows", "200000", "--seconds", "2", "--plpython-rows", "10000"],
     "train": ["--rows", "200000"],
     "train_interference": ["--seconds", "5", "--train-rows", "100000"],
+    "relational": ["--rows", "200000", "--rounds", "1", "--seconds", "1", "--latency-rounds", "3"],
 }
 
 

@@ -8,8 +8,9 @@ preprocessing, whose features are numbers in the relation's column order, as bef
 `ModelInputs` turns each kind of predict input into features:
 - numbers (`pgml.predict(p, ARRAY[...])`, bound float8[]): Preprocessor.transform_numbers, with the
   affine fast path (impute and scale elementwise) when every input is a plain number;
-- a row of Python values (a row constructor or VARIADIC scalars answered locally):
-  Preprocessor.transform_row;
+- a row of Python values (a row constructor or VARIADIC scalars answered locally): the row
+  function compiled once per model (preprocessing/rows.py: per-column plans, a few µs, equal to
+  Preprocessor.transform_row bit for bit, which answers what the plans do not cover);
 - canonical rows (the SQL rewrites send `ARRAY[pgml.feature(a), pgml.feature(b), ...]`, computed by
   the upstream: numbers, booleans 0/1, temporal values in seconds, categories as their 53-bit
   hash): the hashes are mapped back to the categories by one searchsorted per column, then
@@ -27,6 +28,7 @@ from protocol import sqlstate
 from protocol.errors import PgError
 
 from .preprocessing import ARRAY, CATEGORICAL, TEMPORAL, Labels, Preprocessor, TextColumn
+from .preprocessing.rows import compile_row
 from .temporal import epoch_of_text
 
 _NOT_TEXT = b"\xff"        # never a category: UTF-8 has no 0xFF byte (the "unknown" slot)
@@ -71,14 +73,27 @@ class ModelInputs:
         self.identity = self.affine is not None and bool((self.affine[1] == 0).all() and (self.affine[2] == 1).all())
         self.columns = [k.name for k in self.kinds]
         self.has_arrays = any(k.kind == ARRAY for k in self.kinds)
+        self.temporal = [(i, k.subkind) for i, k in enumerate(self.kinds) if k.kind == TEMPORAL]
+        self.row = compile_row(pre) or pre.transform_row
         # Per text column: its categories' hashes sorted, and the categories in that order.
         self.hashes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # ... and, when there is one hash per category, the vocabulary index (code) in that order:
+        # canonical rows then go hash → code → the fitted table row, without the words.
+        self.codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name, values in categorical_vocabularies(pre).items():
             hashes = np.asarray(bundle.category_hashes.get(name, []), dtype=np.float64)
             order = np.argsort(hashes, kind="stable")
             words = np.array([v.encode("utf-8") for v in values] or [b""], dtype=object)
             words = words[order] if len(values) else words[:0]
             self.hashes[name] = (hashes[order], _fixed_width(words))
+            if len(hashes) == len(values):
+                self.codes[name] = (hashes[order], order.astype(np.int64))
+        self.direct = [c if (c.kind.kind == CATEGORICAL and c.kind.name in self.codes
+                             and getattr(c, "impute", None) != "error") else None for c in pre._columns]
+        text_columns = [c for c in pre._columns if c.kind.kind == CATEGORICAL]
+        if not text_columns or any(c is None for c, col in zip(self.direct, pre._columns)
+                                   if col.kind.kind == CATEGORICAL):
+            self.direct = None          # the words' path below (impute "error", a hash missing)
 
     # -- numbers
 
@@ -94,11 +109,14 @@ class ModelInputs:
     # -- one row of Python values
 
     def from_row(self, values) -> np.ndarray:
-        values = list(values)
-        for i, kind in enumerate(self.kinds):
-            if kind.kind == TEMPORAL and i < len(values) and isinstance(values[i], str):
-                values[i] = epoch_of_text(kind.subkind, values[i])     # an untyped (text) parameter
-        return self.pre.transform_row(values)
+        for i, subkind in self.temporal:
+            if i < len(values) and isinstance(values[i], str):
+                values = list(values)
+                for j, sub in self.temporal:
+                    if j < len(values) and isinstance(values[j], str):
+                        values[j] = epoch_of_text(sub, values[j])     # an untyped (text) parameter
+                break
+        return self.row(values)
 
     # -- canonical rows from the upstream (pgml.feature values)
 
@@ -111,6 +129,10 @@ class ModelInputs:
                           hint="Pass all features as one numeric ARRAY[...] instead, arrays spliced in order.")
         if X.shape[1] != len(self.kinds):
             raise _arity(self.kinds, X.shape[1])
+        if self.direct is not None:
+            return self.pre._assemble([self._coded(c, X[:, i]) if c is not None else col.transform(X[:, i])
+                                       for i, (c, col) in enumerate(zip(self.direct, self.pre._columns))],
+                                      X.shape[0], "C")
         columns = {}
         for i, kind in enumerate(self.kinds):
             x = X[:, i]
@@ -119,6 +141,18 @@ class ModelInputs:
             else:
                 columns[kind.name] = x
         return self.pre.transform(columns)
+
+    def _coded(self, column, x: np.ndarray) -> np.ndarray:
+        """A text column's hashes → codes (vocabulary index; NULL m, unknown m + 1) → fitted table rows,
+        as Preprocessor.transform gives them from the words (tests/test_row_fast_path.py)."""
+        hashes, codes = self.codes[column.kind.name]
+        m = len(hashes)
+        null = np.isnan(x)
+        if m == 0:
+            return column.table[np.where(null, 0, 1)]
+        index = np.minimum(np.searchsorted(hashes, x), m - 1)
+        hit = hashes[index] == x
+        return column.table[np.where(null, m, np.where(hit, codes[index], m + 1))]
 
     def _categories(self, name: str, x: np.ndarray) -> TextColumn:
         null = np.isnan(x)

@@ -22,6 +22,26 @@ from .rules import ERROR
 _I32 = struct.Struct("!i")
 
 
+def same_run(block: np.ndarray, checks: list[slice], first: int = 64) -> int:
+    """How many rows of `block` (messages of one length, one per row) from the first on match the
+    first row in every byte range of `checks`. Probes a prefix that doubles (64, 256, …) until a row
+    differs, so a short run costs what it takes, not a comparison of the whole buffer: called once
+    per run, a scan of everything left made buffers of short runs (rows of text or with NULLs)
+    quadratic."""
+    count = block.shape[0]
+    probe = min(count, first)
+    while True:
+        head = block[:probe]
+        same = np.ones(probe, dtype=bool)
+        for sl in checks:
+            same &= (head[:, sl] == block[0, sl]).all(axis=1)
+        if not same.all():
+            return int(np.argmin(same))
+        if probe == count:
+            return count
+        probe = min(count, probe * 4)
+
+
 def decode_text_value(oid: int, data: bytes | None) -> Any:
     """A text-format result value as the Executor contract's Python value (numeric → float)."""
     if data is None:
@@ -84,15 +104,22 @@ class Collector(Consumer):
         fixed-width columns): one numpy copy strips their headers; the rest come one by one."""
         size = 1 + _I32.unpack_from(buf, start + 1)[0]
         count = (end - start) // size
-        if count < 2:
-            return start
-        block = np.frombuffer(buf, np.uint8, count * size, start).reshape(count, size)
-        same = (block[:, :5] == block[0, :5]).all(axis=1)
-        k = count if same.all() else int(np.argmin(same))
-        if k < 2:
-            return start
-        self.copy_chunks.append(block[:k, 5:].tobytes())
-        return start + k * size
+        if count >= 2:
+            block = np.frombuffer(buf, np.uint8, count * size, start).reshape(count, size)
+            k = same_run(block, [slice(0, 5)])
+            if k >= 2:
+                self.copy_chunks.append(block[:k, 5:].tobytes())
+                return start + k * size
+        # Rows of different lengths (text, NULLs): the CopyData messages one after another here,
+        # without the session's dispatch per message.
+        pos, chunks, unpack = start, self.copy_chunks, _I32.unpack_from
+        while pos + 5 <= end and buf[pos] == 0x64:
+            stop = pos + 1 + unpack(buf, pos + 1)[0]
+            if stop > end:
+                break
+            chunks.append(bytes(buf[pos + 5:stop]))
+            pos = stop
+        return pos
 
 
 class Relay(Consumer):

@@ -164,6 +164,34 @@ _CAST_TYPES = {
 }
 
 
+# Temporal casts inside a row constructor: bound values arrive as their epoch (encoding.decode_param),
+# constants are read the same way; the model's preprocessing takes epochs for temporal columns.
+_TEMPORAL_CASTS = {"timestamp": temporal.TIMESTAMP, "timestamptz": temporal.TIMESTAMPTZ, "date": temporal.DATE,
+                   "time": temporal.TIME, "timetz": temporal.TIMETZ, "interval": temporal.INTERVAL}
+
+
+def _row_item(node, params: dict[int, int]) -> Evaluator | None:
+    """One value of a row constructor: compile_expr, plus casts to a temporal type (its epoch)."""
+    if isinstance(node, ast.TypeCast) and not node.typeName.arrayBounds:
+        oid = _TEMPORAL_CASTS.get(node.typeName.names[-1].sval.lower())
+        if oid is not None:
+            if isinstance(node.arg, ast.ParamRef):
+                params[node.arg.number] = oid
+                return Evaluator(lambda p, i=node.arg.number - 1: p[i])
+            if isinstance(node.arg, ast.A_Const):
+                text = None if node.arg.isnull else _const_value(node.arg.val)
+                if text is None:
+                    return Evaluator(lambda p: None)
+                if isinstance(text, str):
+                    try:
+                        value = temporal.epoch_of_wire(oid, text.encode(), False)
+                    except Exception:          # the upstream reads what this cannot (and reports errors)
+                        return None
+                    return Evaluator(lambda p, v=value: v)
+            return None
+    return compile_expr(node, params, types.TEXT)
+
+
 def cast_type(type_name: ast.TypeName) -> int | None:
     base = _CAST_TYPES.get(type_name.names[-1].sval.lower())
     if base is None:
@@ -219,8 +247,9 @@ def compile_expr(node, params: dict[int, int], expected: int) -> Evaluator | Non
 def _row_value(node, params: dict[int, int]) -> Evaluator | None:
     """One value of a row constructor. A constant cast to a type the server does not know (an
     enum: 'pro'::shop.tier) stays its text: the model's preprocessing reads it by the column's kind."""
-    ev = compile_expr(node, params, types.TEXT)
-    if ev is None and isinstance(node, ast.TypeCast) and isinstance(node.arg, ast.A_Const):
+    ev = _row_item(node, params)
+    if (ev is None and isinstance(node, ast.TypeCast) and isinstance(node.arg, ast.A_Const)
+            and node.typeName.names[-1].sval.lower() not in _TEMPORAL_CASTS):
         value = None if node.arg.isnull else _const_value(node.arg.val)
         return Evaluator(lambda p, v=value: v)
     return ev
