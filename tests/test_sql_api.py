@@ -215,7 +215,7 @@ def test_second_server_serves_same_models_and_follows_deploys(trained, start_ser
         a.execute("SELECT * FROM pgml.train('api-replica', 'regression', 'pgml.diabetes', 'target', 'linear')")
         first = b.execute(f"SELECT pgml.predict('api-replica', {feats})").fetchone()[0]
         assert first == pytest.approx(a.execute(f"SELECT pgml.predict('api-replica', {feats})").fetchone()[0])
-        a.execute("SELECT * FROM pgml.train('api-replica', algorithm => 'lasso', hyperparams => '{\"alpha\": 5}', "
+        a.execute("SELECT * FROM pgml.train('api-replica', algorithm => 'lasso', hyperparams => '{\"alpha\": 1000}', "
                   "automatic_deploy => false)")
         a.execute("SELECT * FROM pgml.deploy('api-replica', 'most_recent')")
         expected = a.execute(f"SELECT pgml.predict('api-replica', {feats})").fetchone()[0]

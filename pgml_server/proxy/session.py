@@ -42,6 +42,7 @@ _FAIL_SQL = "pgml local statement failed"
 # Bytes of a client's outgoing buffer above which we stop reading the upstream (and vice versa).
 _HIGH_WATER = 1 << 20
 
+
 class Session(StartupPhase):
     """The state of one client connection and its private upstream connection."""
 
