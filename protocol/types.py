@@ -19,6 +19,7 @@ a JSON null at the top level decodes to None too, so encode the text 'null' your
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
 import operator
@@ -50,6 +51,7 @@ BPCHAR = 1042
 VARCHAR = 1043
 NUMERIC = 1700
 JSONB = 3802
+TIMESTAMPTZ = 1184
 
 BOOL_ARRAY = 1000
 BYTEA_ARRAY = 1001
@@ -103,9 +105,10 @@ _NAMES = {
     VARCHAR: "character varying",
     NUMERIC: "numeric",
     JSONB: "jsonb",
+    TIMESTAMPTZ: "timestamp with time zone",
 }
 # pg_type.typlen: what RowDescription reports as the type size.
-_SIZES = {BOOL: 1, INT2: 2, INT4: 4, OID: 4, INT8: 8, FLOAT4: 4, FLOAT8: 8, NAME: 64, UNKNOWN: -2}
+_SIZES = {BOOL: 1, INT2: 2, INT4: 4, OID: 4, INT8: 8, FLOAT4: 4, FLOAT8: 8, NAME: 64, UNKNOWN: -2, TIMESTAMPTZ: 8}
 
 
 def array_oid(element_oid: int) -> int | None:
@@ -521,6 +524,40 @@ JSONB_CODEC = Codec(
 RAW_CODEC = Codec(str, lambda v: str(v), bytes, _to_bytes)
 
 
+# --- timestamptz: values the upstream computed (schedules, drift windows), passed on ---------
+# Text stays the text PostgreSQL printed (ISO style, as the session's DateStyle usually is); a
+# datetime prints in that style. Binary is int64 microseconds since 2000-01-01 00:00 UTC.
+_PG_EPOCH = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
+_I64 = Struct("!q")
+
+
+def _timestamptz_text_out(value: Any) -> str:
+    if isinstance(value, _dt.datetime):
+        return value.isoformat(sep=" ")
+    return str(value)
+
+
+def _timestamptz_binary_out(value: Any) -> bytes:
+    text = value.isoformat() if isinstance(value, _dt.datetime) else str(value).strip()
+    if text.lower() in ("infinity", "-infinity"):
+        return _I64.pack(2**63 - 1 if text[0] != "-" else -2**63)
+    moment = value if isinstance(value, _dt.datetime) else _dt.datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=_dt.timezone.utc)
+    delta = moment - _PG_EPOCH
+    return _I64.pack((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds)
+
+
+def _timestamptz_binary_in(data: bytes) -> str:
+    micros = _I64.unpack(data)[0]
+    if micros in (2**63 - 1, -2**63):
+        return "infinity" if micros > 0 else "-infinity"
+    return (_PG_EPOCH + _dt.timedelta(microseconds=micros)).isoformat(sep=" ").replace("+00:00", "+00")
+
+
+TIMESTAMPTZ_CODEC = Codec(str, _timestamptz_text_out, _timestamptz_binary_in, _timestamptz_binary_out)
+
+
 # --- arrays ----------------------------------------------------------------------------------
 
 _MAX_DIMS = 6  # PostgreSQL's MAXDIM
@@ -830,6 +867,7 @@ _CODECS: dict[int, Codec] = {
     BYTEA: BYTEA_CODEC,
     JSON: JSON_CODEC,
     JSONB: JSONB_CODEC,
+    TIMESTAMPTZ: TIMESTAMPTZ_CODEC,
 }
 _CODECS.update({ARRAY_OF[e]: _array_codec(e, c) for e, c in list(_CODECS.items()) if e in ARRAY_OF})
 

@@ -35,7 +35,7 @@ _SCHEDULE_ARGS = ("relation_name", "algorithm", "hyperparams", "preprocess", "se
     Param("search_args", JSONB, None), Param("test_size", REAL, None), Param("test_sampling", TEXT, None),
     Param("automatic_deploy", BOOL, None), Param("retrain_on_drift", REAL, None),
     Param("y_column_name", TEXT, None),
-], [("project", TEXT), ("next_run", TEXT)], description="retrain a project on a fresh snapshot periodically")
+], [("project", TEXT), ("next_run", types.TIMESTAMPTZ)], description="retrain a project on a fresh snapshot periodically")
 async def schedule(ctx, project_name, every, cron, retrain_on_drift, **args):
     ex = ctx.executor
     project = await registry.get_project(ex, project_name) if project_name is not None else None
@@ -103,7 +103,8 @@ async def unschedule(ctx, project_name):
 
 
 @register("drift", [Param("project_name", TEXT), Param("since", TEXT, "1 day")],
-          [("feature", TEXT), ("psi", REAL), ("rows", INT8), ("window_start", TEXT), ("window_end", TEXT)],
+          [("feature", TEXT), ("psi", REAL), ("rows", INT8), ("window_start", types.TIMESTAMPTZ),
+           ("window_end", types.TIMESTAMPTZ)],
           returns_set=True, description="population stability index of each feature of the deployed model")
 async def drift(ctx, project_name, since):
     ex = ctx.executor

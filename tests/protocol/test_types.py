@@ -398,3 +398,21 @@ def test_fuzz_decode_raises_only_pg_error(oid, data, binary):
         t.decode(oid, data, binary)
     except PgError:
         pass
+
+
+def test_timestamptz_passes_the_upstreams_text_on_and_encodes_binary():
+    types = t
+    """Values the upstream computed (a schedule's next run, drift windows) keep PostgreSQL's text;
+    binary is int64 microseconds since 2000-01-01 UTC."""
+    import datetime as dt
+    import struct
+    text = "2026-12-03 08:20:02.123456+00"
+    assert types.encode(types.TIMESTAMPTZ, text, False) == text.encode()
+    raw = types.encode(types.TIMESTAMPTZ, text, True)
+    moment = dt.datetime(2026, 12, 3, 8, 20, 2, 123456, tzinfo=dt.timezone.utc)
+    micros = (moment - dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+    assert struct.unpack("!q", raw)[0] == micros
+    assert types.decode(types.TIMESTAMPTZ, raw, True) == text
+    assert types.encode(types.TIMESTAMPTZ, "2026-12-03 10:20:02.123456+02", True) == raw
+    assert types.decode(types.TIMESTAMPTZ, types.encode(types.TIMESTAMPTZ, "infinity", True), True) == "infinity"
+    assert types.type_size(types.TIMESTAMPTZ) == 8
