@@ -46,9 +46,15 @@ def forwarded_kind(t: int, payload) -> int | None:
     return kind
 
 
+# The same two rules as tables the relay fast paths index per message without a function call:
+# ANSWER_KIND[t] is ANSWERED_BY.get(t); FINISHED_BY[kind] is the set of types that finish it.
+ANSWER_KIND: tuple[int | None, ...] = tuple(ANSWERED_BY.get(t) for t in range(256))
+FINISHED_BY: tuple[frozenset, ...] = (EXT_DONE, frozenset((READY,)), frozenset((READY,)))   # EXT, SYNC, SIMPLE
+
+
 def finishes(kind: int, t: int) -> bool:
     """Whether backend message type t is the last answer to an entry of `kind`."""
-    return t in EXT_DONE if kind == EXT else t == READY
+    return t in FINISHED_BY[kind]
 
 
 def skips_to_sync(kind: int, t: int) -> bool:

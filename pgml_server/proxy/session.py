@@ -26,8 +26,8 @@ from protocol.framing import Framer
 from ..pipeline.consumers import Discard
 from ..pipeline.fifo import Consumer, LocalItem, Pending, awaits_upstream
 from ..pipeline.internal import FLUSH
-from ..pipeline.rules import (ANSWERED_BY, ASYNC, B, C, D, E, ERROR, EXT, NOTICE, P, Q, READY, S, SIMPLE,
-                              SYNC, X, finishes, forwarded_kind, mentions_pgml, skips_to_sync)
+from ..pipeline.rules import (ANSWER_KIND, ASYNC, B, C, D, E, ERROR, EXT, FINISHED_BY, NOTICE, P, Q, READY, S,
+                              SIMPLE, SYNC, X, finishes, forwarded_kind, mentions_pgml, skips_to_sync)
 from .context import ProxyContext
 from .startup import StartupPhase
 
@@ -145,7 +145,7 @@ class Session(StartupPhase):
         pending: list[int] = []
         unsynced, dirty = self.unsynced, self.batch_dirty
         for t in kinds:
-            kind = ANSWERED_BY.get(t)
+            kind = ANSWER_KIND[t]
             if kind == SYNC:
                 if not unsynced and not awaits_upstream(self.queue):
                     return False            # perhaps answered locally: _pump_frames decides
@@ -465,7 +465,7 @@ class Session(StartupPhase):
         start = 0
         for end in ends:
             t = data[start]
-            if t not in ASYNC and queue and finishes(queue[0].kind, t):
+            if t not in ASYNC and queue and t in FINISHED_BY[queue[0].kind]:     # rules.finishes
                 if t == READY:
                     self.tx_status = chr(data[start + 5])
                 queue.popleft()
