@@ -1,4 +1,6 @@
-"""Model training: the algorithm table, metrics, train/test split, binary COPY parsing and the worker.
+"""Model training: the algorithm table, metrics, train/test split and the worker.
+
+Reading a snapshot into numpy is ml/preprocessing's (decode.py).
 
 Everything in this package is plain Python and numpy; it knows nothing of SQL sessions. Errors a
 user can cause are raised as `TrainingError`, which carries a SQLSTATE so the session can turn it
