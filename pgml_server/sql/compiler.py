@@ -151,29 +151,31 @@ class Evaluator:
         return self.fn(params)
 
 
+# Temporal types: a bound value arrives as its epoch (encoding.decode_param), a constant in a row
+# constructor is read the same way (_row_item); the model's preprocessing takes epochs for them.
+_TEMPORAL_CASTS = {"timestamp": temporal.TIMESTAMP, "timestamptz": temporal.TIMESTAMPTZ, "date": temporal.DATE,
+                   "time": temporal.TIME, "timetz": temporal.TIMETZ, "interval": temporal.INTERVAL}
+
 _CAST_TYPES = {
     "float4": types.FLOAT4, "real": types.FLOAT4, "float8": types.FLOAT8, "double precision": types.FLOAT8,
     "int2": types.INT2, "smallint": types.INT2, "int4": types.INT4, "integer": types.INT4, "int": types.INT4,
     "int8": types.INT8, "bigint": types.INT8, "numeric": types.NUMERIC, "decimal": types.NUMERIC,
     "text": types.TEXT, "varchar": types.VARCHAR, "bpchar": types.TEXT, "name": types.TEXT,
     "bool": types.BOOL, "boolean": types.BOOL, "json": types.JSON, "jsonb": types.JSONB,
-    # temporal values (features of a row): bound ones become their epoch (sql/encoding.decode_param),
-    # constants stay text for the model's preprocessing to read (ml/model.py)
-    "date": temporal.DATE, "time": temporal.TIME, "timetz": temporal.TIMETZ, "timestamp": temporal.TIMESTAMP,
-    "timestamptz": temporal.TIMESTAMPTZ, "interval": temporal.INTERVAL,
+    **_TEMPORAL_CASTS,    # outside rows a temporal constant keeps its text (pgml.schedule's every)
 }
 
 
-# Temporal casts inside a row constructor: bound values arrive as their epoch (encoding.decode_param),
-# constants are read the same way; the model's preprocessing takes epochs for temporal columns.
-_TEMPORAL_CASTS = {"timestamp": temporal.TIMESTAMP, "timestamptz": temporal.TIMESTAMPTZ, "date": temporal.DATE,
-                   "time": temporal.TIME, "timetz": temporal.TIMETZ, "interval": temporal.INTERVAL}
-
-
 def _row_item(node, params: dict[int, int]) -> Evaluator | None:
-    """One value of a row constructor: compile_expr, plus casts to a temporal type (its epoch)."""
+    """One value of a row constructor, which the model's preprocessing reads by its column's kind:
+    what compile_expr compiles; a temporal cast as its epoch; a constant cast to a type the server
+    does not know (an enum: 'pro'::shop.tier) as its text."""
     if isinstance(node, ast.TypeCast) and not node.typeName.arrayBounds:
-        oid = _TEMPORAL_CASTS.get(node.typeName.names[-1].sval.lower())
+        name = node.typeName.names[-1].sval.lower()
+        oid = _TEMPORAL_CASTS.get(name)
+        if oid is None and name not in _CAST_TYPES and isinstance(node.arg, ast.A_Const):
+            value = None if node.arg.isnull else _const_value(node.arg.val)
+            return Evaluator(lambda p, v=value: v)
         if oid is not None:
             if isinstance(node.arg, ast.ParamRef):
                 params[node.arg.number] = oid
@@ -223,7 +225,7 @@ def compile_expr(node, params: dict[int, int], expected: int) -> Evaluator | Non
     if isinstance(node, ast.RowExpr):
         # A row constructor of mixed values (a row of the relation's columns): a tuple, which
         # the model's preprocessing reads column by column. Untyped $n in it are text.
-        items = [_row_value(e, params) for e in node.args or ()]
+        items = [_row_item(e, params) for e in node.args or ()]
         if any(i is None for i in items):
             return None
         # is_array: the row is the whole features value, as an array would be (not one VARIADIC element)
@@ -242,17 +244,6 @@ def compile_expr(node, params: dict[int, int], expected: int) -> Evaluator | Non
         sign = -1 if node.name[0].sval == "-" else 1
         return Evaluator(lambda p, f=inner: None if (v := f(p)) is None else sign * v)
     return None
-
-
-def _row_value(node, params: dict[int, int]) -> Evaluator | None:
-    """One value of a row constructor. A constant cast to a type the server does not know (an
-    enum: 'pro'::shop.tier) stays its text: the model's preprocessing reads it by the column's kind."""
-    ev = _row_item(node, params)
-    if (ev is None and isinstance(node, ast.TypeCast) and isinstance(node.arg, ast.A_Const)
-            and node.typeName.names[-1].sval.lower() not in _TEMPORAL_CASTS):
-        value = None if node.arg.isnull else _const_value(node.arg.val)
-        return Evaluator(lambda p, v=value: v)
-    return ev
 
 
 def _is_array(oid: int) -> bool:
