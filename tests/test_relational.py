@@ -211,3 +211,14 @@ def test_a_row_of_the_wrong_arity_lists_the_columns(conn, trained):
     with pytest.raises(errors.InvalidParameterValue) as info:
         conn.execute("SELECT pgml.predict('rel-spend', (1, 2))")
     assert "location" in str(info.value) or "location" in (info.value.diag.message_detail or "")
+
+
+def test_predict_label_of_a_regression_model_is_wrong_object_type(conn, trained):
+    cols = "(user_tenure, age, location, tier, plan, newsletter, last_seen, session)"
+    for sql in (f"SELECT pgml.predict_label('rel-spend', {ROW})",                          # local
+                f"SELECT pgml.predict_label('rel-spend', {cols}) FROM rel.customer_features",  # stream
+                f"SELECT count(*) FROM rel.customer_features WHERE pgml.predict_label('rel-spend', {cols}) = 'x'"):
+        with pytest.raises(errors.WrongObjectType) as info:
+            conn.execute(sql)
+        assert "classification" in str(info.value)
+    assert conn.execute("SELECT 1").fetchone() == (1,)

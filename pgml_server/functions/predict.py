@@ -98,8 +98,12 @@ _WRONG_TASK = {
     ("decompose", "classification"): "pgml.decompose needs a decomposition model (pca, …): use pgml.predict.",
     ("decompose", "clustering"): "pgml.decompose needs a decomposition model (pca, …): use pgml.predict for "
                                  "the cluster id.",
+    ("predict_label", "regression"): "Use pgml.predict for regression models.",
+    ("predict_label", "clustering"): "A clustering model gives a cluster id: use pgml.predict.",
+    ("predict_label", "decomposition"): "Use pgml.decompose(project_name, features) for a decomposition model.",
 }
-_NEEDS = {"predict_proba": "a classification model", "decompose": "a decomposition model"}
+_NEEDS = {"predict_proba": "a classification model", "predict_label": "a classification model",
+          "decompose": "a decomposition model"}
 
 
 def check_task(model: CachedModel, function: str) -> None:
@@ -121,9 +125,6 @@ def run_plan(model: CachedModel, function: str, X: np.ndarray):
     if function == "predict_proba":
         return _checked(lambda m: m.plan.predict_proba(X), model)
     if function == "predict_label":
-        if model.task != "classification":
-            raise PgError(sqlstate.WRONG_OBJECT_TYPE, "pgml.predict_label needs a classification model",
-                          hint="Use pgml.predict for regression models.")
         return labels_of(model, _checked(lambda m: m.plan.predict(X), model))
     return _checked(lambda m: m.plan.predict(X), model)
 
@@ -253,8 +254,7 @@ def predict_batch(ctx, project_name, features):
         if flat.size % n:
             raise PgError(sqlstate.INVALID_PARAMETER_VALUE,
                           f"pgml.predict_batch got {flat.size} values, not a multiple of the model's {n} inputs")
-        X = flat.reshape(-1, n)
-        out = model.plan.predict(model.inputs.from_numbers(X) if model.inputs is not None else X)
+        out = model.plan.predict(model_features(model, flat.reshape(-1, n)))
         return [float(v) for v in np.ravel(out)]
     return with_model(ctx, project_name, compute)
 
@@ -265,9 +265,7 @@ def predict_label(ctx, project_name, features):
     X = _inputs(features)
 
     def compute(model):
-        if model.task != "classification":
-            raise PgError(sqlstate.WRONG_OBJECT_TYPE, "pgml.predict_label needs a classification model",
-                          hint="Use pgml.predict for regression models.")
+        check_task(model, "predict_label")
         return labels_of(model, model.plan.predict(model_features(model, X)))[0]
     return with_model(ctx, project_name, compute)
 
