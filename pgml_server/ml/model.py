@@ -109,13 +109,11 @@ class ModelInputs:
     # -- one row of Python values
 
     def from_row(self, values) -> np.ndarray:
-        for i, subkind in self.temporal:
-            if i < len(values) and isinstance(values[i], str):
-                values = list(values)
-                for j, sub in self.temporal:
-                    if j < len(values) and isinstance(values[j], str):
-                        values[j] = epoch_of_text(sub, values[j])     # an untyped (text) parameter
-                break
+        texts = [(i, sub) for i, sub in self.temporal if i < len(values) and isinstance(values[i], str)]
+        if texts:                                   # untyped (text) parameters for temporal columns
+            values = list(values)
+            for i, sub in texts:
+                values[i] = epoch_of_text(sub, values[i])
         return self.row(values)
 
     # -- canonical rows from the upstream (pgml.feature values)

@@ -57,11 +57,6 @@ def feature_input(call: ast.FuncCall):
     return node, False
 
 
-def features_node(call: ast.FuncCall):
-    """The features argument of a predict call as one float8[] expression (see feature_input)."""
-    return feature_input(call)[0]
-
-
 def _canonical_row(values) -> ast.A_ArrayExpr:
     """`ARRAY[coalesce(pgml.feature(a), 'NaN'), ...]`: a NULL value comes as NaN (missing, as the model's
     inputs read it), so every array has the same binary layout and the stream path rewrites whole
