@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import describe_machine, load_average, percentile
+from common import describe_machine, load_average, percentile, timed_calls
 from forwarding import cpu_seconds, find_program, process_tree, run_select_only
 from pgml_server.embedded import EmbeddedPostgres
 from tests.fix_servers import free_port, wait_port
@@ -48,7 +48,9 @@ class TreeServer:
         self.log.close()
 
 
+@functools.cache
 def accepts_dashboard_flag(tree: Path) -> bool:
+    """Once per tree: asking costs a Python start-up, and every round starts a server per tree."""
     out = subprocess.run([sys.executable, "-m", "pgml_server.cli", "--help"], cwd=tree, capture_output=True,
                          text=True).stdout
     return "--dashboard" in out
@@ -58,14 +60,7 @@ async def predict_p50(port: int, seconds: float) -> tuple[float, float]:
     conn = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres", database="postgres")
     stmt = await conn.prepare("SELECT pgml.predict($1, $2::float8[])")
     features = [0.03, 0.05, 0.06, 0.02, -0.04, -0.03, -0.04, -0.002, 0.02, -0.02]
-    for _ in range(200):
-        await stmt.fetchval("ab-lgbm", features)
-    times: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        await stmt.fetchval("ab-lgbm", features)
-        times.append(time.perf_counter() - t0)
+    times = await timed_calls(stmt, ("ab-lgbm", features), seconds, warmup=200)
     await conn.close()
     return percentile(times, 50), percentile(times, 99)
 
@@ -73,13 +68,7 @@ async def predict_p50(port: int, seconds: float) -> tuple[float, float]:
 async def direct_p50(dsn: str, seconds: float) -> float:
     conn = await asyncpg.connect(dsn)
     stmt = await conn.prepare("SELECT $1::float8[]")
-    features = [0.03] * 10
-    times: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        await stmt.fetchval(features)
-        times.append(time.perf_counter() - t0)
+    times = await timed_calls(stmt, ([0.03] * 10,), seconds)
     await conn.close()
     return percentile(times, 50)
 

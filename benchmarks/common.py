@@ -6,6 +6,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,20 @@ def upstream_and_server(*server_args: str, bin_dir: Path | None = None):
             if server is not None:
                 server.stop()
             pg.stop()
+
+
+async def timed_calls(stmt, args: tuple, seconds: float, warmup: int = 0) -> list[float]:
+    """Seconds per `await stmt.fetchval(*args)` (an asyncpg prepared statement) for `seconds`,
+    after `warmup` untimed calls."""
+    for _ in range(warmup):
+        await stmt.fetchval(*args)
+    samples = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        await stmt.fetchval(*args)
+        samples.append(time.perf_counter() - t0)
+    return samples
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -28,7 +28,7 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 
-from common import ServerProcess, describe_machine, load_average, percentile, upstream_and_server
+from common import ServerProcess, describe_machine, load_average, percentile, timed_calls, upstream_and_server
 
 RATES = ("0", "0.01", "1.0")
 CONTROL = "0 (control)"          # a second server with monitoring off: the run's noise floor (A/A)
@@ -50,14 +50,7 @@ async def single_row(dsn: str, seconds: float) -> list[float]:
     conn = await asyncpg.connect(dsn)
     stmt = await conn.prepare("SELECT pgml.predict($1, $2::real[])")
     x = list(np.random.default_rng(0).random(10))
-    for _ in range(300):
-        await stmt.fetchval("bench-monitor", x)
-    samples = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        await stmt.fetchval("bench-monitor", x)
-        samples.append(time.perf_counter() - t0)
+    samples = await timed_calls(stmt, ("bench-monitor", x), seconds, warmup=300)
     await conn.close()
     return samples
 

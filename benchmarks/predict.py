@@ -32,7 +32,7 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 
-from common import describe_machine, load_average, percentile, summary, upstream_and_server
+from common import describe_machine, load_average, percentile, summary, timed_calls, upstream_and_server
 
 FEATURES = "ARRAY[f0,f1,f2,f3,f4,f5,f6,f7,f8,f9]::float8[]"
 ROW = [0.1, -0.2, 0.3, 0.5, -1.0, 0.25, 0.0, 0.7, -0.3, 0.9]
@@ -67,15 +67,7 @@ async def setup(dsn: str, rows: int) -> None:
 
 async def latency(dsn: str, sql: str, args: tuple, seconds: float) -> list[float]:
     conn = await asyncpg.connect(dsn)
-    stmt = await conn.prepare(sql)
-    for _ in range(200):
-        await stmt.fetchval(*args)
-    samples = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        await stmt.fetchval(*args)
-        samples.append(time.perf_counter() - t0)
+    samples = await timed_calls(await conn.prepare(sql), args, seconds, warmup=200)
     await conn.close()
     return samples
 

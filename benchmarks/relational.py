@@ -39,7 +39,7 @@ import asyncpg
 import numpy as np
 import psycopg
 
-from common import describe_machine, load_average, percentile, upstream_and_server
+from common import describe_machine, load_average, percentile, timed_calls, upstream_and_server
 
 NUMBERS = [f"n{i}" for i in range(8)]
 TEXTS = ["c_small", "c_medium", "c_many"]
@@ -234,16 +234,6 @@ async def train_models(dsn: str) -> None:
     await conn.close()
 
 
-async def latency_round(stmt, args: tuple, seconds: float) -> list[float]:
-    samples = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        await stmt.fetchval(*args)
-        samples.append(time.perf_counter() - t0)
-    return samples
-
-
 async def part_single(server, args, summary: list[str]) -> None:
     print(f"\nb. single-row predict, asyncpg prepared, one client ({args.latency_rounds} alternating rounds "
           f"of {args.seconds:g} s each)")
@@ -254,8 +244,8 @@ async def part_single(server, args, summary: list[str]) -> None:
         await numeric.fetchval(*NUMERIC_ARGS)
     rounds = []
     for r in range(args.latency_rounds):
-        a = await latency_round(numeric, NUMERIC_ARGS, args.seconds)
-        b = await latency_round(mixed, MIXED_ARGS, args.seconds)
+        a = await timed_calls(numeric, NUMERIC_ARGS, args.seconds)
+        b = await timed_calls(mixed, MIXED_ARGS, args.seconds)
         rounds.append((percentile(a, 50), percentile(b, 50), percentile(a, 99), percentile(b, 99)))
         print(f"  round {r + 1}: numeric p50 {rounds[-1][0] * 1e6:6.1f} µs, mixed row p50 {rounds[-1][1] * 1e6:6.1f} µs "
               f"(ratio {rounds[-1][1] / rounds[-1][0]:.3f}); p99 {rounds[-1][2] * 1e6:.0f} / {rounds[-1][3] * 1e6:.0f} µs")
