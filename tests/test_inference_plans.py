@@ -15,6 +15,15 @@ from sklearn.preprocessing import StandardScaler
 from pgml_server.ml.inference import PlanError, compile_plan, gpu
 from pgml_server.ml.training.algorithms import ALGORITHMS, SUPERVISED, make_estimator
 
+
+
+@pytest.fixture(autouse=True)
+def _numpy_tree_plans(monkeypatch):
+    """These tests are about the numpy plans (and their hand-off to the library's predictor): the
+    native-code tree plans have their own tests (test_inference_native.py)."""
+    monkeypatch.setenv("PGML_NATIVE_TREES", "0")
+
+
 LINEAR = {
     "linear", "ridge", "lasso", "elastic_net", "least_angle", "lasso_least_angle", "orthogonal_matching_pursuit",
     "bayesian_ridge", "automatic_relevance_determination", "stochastic_gradient_descent", "perceptron",

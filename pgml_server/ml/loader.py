@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import socket
+from functools import partial
 
 import asyncpg
 
@@ -108,7 +109,10 @@ class ModelService:
         except artifacts.ArtifactSignatureError as exc:   # refused before unpickling: XX001, not an internal error
             log.warning("refused model %d: %s", model_id, exc.message)
             raise PgError(exc.sqlstate, f"model {model_id}: {exc.message}", hint=exc.hint) from None
-        plan = compile_plan(estimator, meta["task"], gpu=self.config.gpu)
+        # Off the event loop too: compiling walks every tree, and a tree model is converted for
+        # native code (inference/compiled.py; its .so, if not cached yet, builds in the background).
+        plan = await asyncio.get_running_loop().run_in_executor(
+            None, partial(compile_plan, estimator, meta["task"], gpu=self.config.gpu))
         log.info("loaded model %d (%s, %s plan, gpu %s)", model_id, meta["algorithm"], getattr(plan, "kind", "?"),
                  getattr(plan, "gpu", "off"))
         nbytes = int(getattr(plan, "nbytes", len(blob)))

@@ -5,7 +5,7 @@ import logging
 from functools import partial
 from typing import Any
 
-from . import linear, trees
+from . import compiled, linear, trees
 from .contract import EstimatorPlan, MultiOutputPlan, Plan
 from .unsupervised import compile_unsupervised
 
@@ -19,8 +19,10 @@ def compile_plan(estimator: Any, task: str, *, gpu: str = "off", native: bool = 
 
     gpu: 'off' never uses a GPU; 'on' uses one for every batch when one is usable; 'auto' only
     for batches large enough to repay the transfer (gpu.min_batch(), set by --gpu-min-batch).
-    native: a tree plan hands large CPU batches to the library's own predictor, which is faster
-    there (trees.TreePlan.use_native); False keeps every batch on the compiled plan."""
+    native: a tree ensemble treelite supports is compiled to native code (compiled.py: built off
+    the caller's thread, the numpy plan serving until it is ready; PGML_NATIVE_TREES=0 turns it
+    off); otherwise a tree plan hands large CPU batches to the library's own predictor, faster
+    there (trees.TreePlan.use_native). False keeps every batch on the numpy walk."""
     if gpu not in GPU_MODES:
         raise ValueError(f"gpu must be one of {GPU_MODES}, not {gpu!r}")
     if task in ("clustering", "decomposition"):
@@ -40,8 +42,17 @@ def _compile_one(estimator: Any, task: str, gpu: str, native: bool = True):
             log.warning("compiling %s failed, serving it with its own predict: %r", type(estimator).__name__, exc)
             return None
         if plan is not None:
-            return plan
+            return _native(estimator, task, plan) if native and gpu == "off" and plan.kind == "trees" else plan
     return None
+
+
+def _native(estimator: Any, task: str, plan: Plan) -> Plan:
+    """The tree plan's native-code replacement when it can be had (now or later), else the plan."""
+    try:
+        return compiled.native_later(estimator, task, plan)
+    except Exception as exc:   # no library, no compiler, a build error: the numpy plan serves
+        log.warning("native trees for %s failed, serving the numpy plan: %r", type(estimator).__name__, exc)
+        return plan
 
 
 def _compile_multi_output(estimator: Any, task: str, gpu: str, native: bool) -> Plan:
