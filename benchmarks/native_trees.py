@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -52,7 +51,7 @@ def models():
 
 def main() -> None:
     argparse.ArgumentParser(description=__doc__).parse_args()
-    cache = Path(tempfile.gettempdir()) / "pgml-native-trees"
+    cache = Path(compiled._cache_root())
     for name, est, task, data in models():
         shutil.rmtree(cache, ignore_errors=True)
         numpy_plan = compile_trees(est, task, native=False)

@@ -80,7 +80,7 @@ def test_native_plan_agrees_with_the_library(kind, make, nan):
 def test_compile_plan_serves_numpy_until_the_native_plan_is_built_then_from_the_cache():
     X, y, X_test = _data("regression", nan=True)
     estimator = lightgbm.LGBMRegressor(n_estimators=30, verbose=-1).fit(X, y)
-    pending = compile_plan(estimator, "regression")
+    pending = compile_plan(estimator, "regression", gpu="off")
     assert isinstance(pending, compiled.PendingNativePlan)
     np.testing.assert_allclose(pending.predict(X_test), estimator.predict(X_test), rtol=1e-7, atol=1e-6)
     assert pending.ready.wait(120)
@@ -90,7 +90,7 @@ def test_compile_plan_serves_numpy_until_the_native_plan_is_built_then_from_the_
     assert again.kind == "native" and isinstance(again, compiled.NativePlan)
     np.testing.assert_allclose(again.predict(X_test), estimator.predict(X_test), rtol=1e-7, atol=1e-6)
     assert compile_plan(estimator, "regression", native=False).kind == "trees"
-    assert compile_plan(estimator, "regression", gpu="auto").kind == "trees"   # GPU batches: the numpy/GPU plan
+    assert compile_plan(estimator, "regression", gpu="on").kind == "trees"   # GPU batches: the numpy/GPU plan
 
 
 @needs_native
@@ -142,6 +142,8 @@ def test_a_disagreeing_build_is_refused(monkeypatch):
     original = fallback.raw
     monkeypatch.setattr(fallback, "raw", lambda rows: original(rows) + 1.0)
     assert compiled.compile_native(estimator, "regression", fallback) is None
+    assert compiled.compile_native(estimator, "regression", fallback) is None   # remembered: not rebuilt
+    assert compiled.native_later(estimator, "regression", fallback) is fallback
 
 
 @needs_native
@@ -163,3 +165,33 @@ def test_size_accounting():
     assert plan.nbytes < 10 * os.path.getsize(plan.lib_path) + (1 << 16)
     pending = compiled.PendingNativePlan(compile_trees(estimator, "classification"))
     assert pending.nbytes == pending.plan.nbytes
+
+
+@needs_native
+def test_a_cache_folder_others_may_write_to_is_refused(tmp_path):
+    """Another user must not be able to plant the code a plan loads: a group/world-writable cache
+    folder turns native plans off (the numpy plan serves)."""
+    root = tmp_path / f"pgml-native-trees-{os.getuid()}"
+    root.mkdir()
+    root.chmod(0o777)
+    X, y, X_test = _data("regression", nan=False)
+    estimator = lightgbm.LGBMRegressor(n_estimators=10, verbose=-1).fit(X, y)
+    with pytest.raises(PermissionError):
+        compiled.compile_native(estimator, "regression")
+    plan = compile_plan(estimator, "regression")
+    assert plan.kind == "trees"
+    np.testing.assert_allclose(plan.predict(X_test), estimator.predict(X_test), rtol=1e-7, atol=1e-6)
+
+
+@needs_native
+def test_float32_rounded_training_data_lightgbm_is_refused_or_agrees():
+    """What the server trains (features through a float4/float8 COPY): the probe rows on the
+    split thresholds found treelite/tl2cgen's C disagreeing with LightGBM on such a model; the
+    plan must then stay numpy, and if it is native it must agree."""
+    X, y = load_diabetes(return_X_y=True)
+    X = X.astype(np.float32).astype(np.float64)
+    from pgml_server.ml.training.algorithms import make_estimator
+    estimator = make_estimator("lightgbm", "regression", {"n_estimators": 100}, seed=0).fit(X[:354], y[:354])
+    plan = compiled.compile_native(estimator, "regression")
+    if plan is not None:
+        np.testing.assert_allclose(plan.predict(X), estimator.predict(X), rtol=1e-7, atol=1e-6)

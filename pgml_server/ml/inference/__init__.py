@@ -3,7 +3,9 @@
 `compile_plan(estimator, task, gpu=...)` (compiler.py) returns a plan (see contract.Plan): linear
 models become a weight matrix (linear.py), tree ensembles a flat node table walked in numpy or
 on a GPU (trees.py, gpu.py; large CPU batches of LightGBM/XGBoost/HistGradientBoosting models go
-to the library's own multi-threaded predictor, faster there), anything else wraps the
+to the library's own multi-threaded predictor, faster there; with treelite/tl2cgen and a C
+compiler, LightGBM, XGBoost and HistGradientBoosting models are compiled to native code instead:
+compiled.py), anything else wraps the
 estimator's own predict. The compilers import the contract, never the other way round. This
 package never touches the registry; CuPy is imported only in gpu.py.
 """

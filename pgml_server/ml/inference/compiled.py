@@ -1,20 +1,21 @@
 """Tree ensembles compiled to native code: treelite + tl2cgen turn a model into C, gcc into a .so.
 
 One row through a 100-tree LightGBM model costs ≈ 40 µs in the numpy walk (trees.py: a few µs
-of numpy calls per depth level) and ≈ 1–2 µs as compiled if/else code. treelite (4.x) reads the
-model (LightGBM, XGBoost, scikit-learn forests and gradient boosting), tl2cgen (1.0) writes it
+of numpy calls per depth level) and ≈ 3.5 µs per call as compiled if/else code (most of it the
+ctypes call). treelite (4.x) reads the model (LightGBM, XGBoost, HistGradientBoosting: what it
+reproduces exactly; scikit-learn's float32-comparing trees stay on the walk), tl2cgen (1.0) writes it
 out as C, and we add a small entry point (_SHIM) that takes a float64 row-major matrix straight
 from numpy: NaN becomes tl2cgen's "missing" marker, rows are predicted in a C loop (OpenMP for
 large batches), so a call is one ctypes call with no DMatrix to build. Both libraries are
 optional (the `compiled` extra): without them, or without a C compiler, compile_native returns
 None and the numpy plan serves, as before.
 
-The .so is built once per model content, in a cache folder under tempfile.gettempdir() named by
-a hash of the treelite model bytes, so reloads, redeploys of the same artifact and other worker
-processes load it in milliseconds. Building takes about a second (gcc, 100 trees), so
-`native_later` never makes a prediction wait for it: it returns a plan that serves from the
-numpy plan and swaps the native one in when a background thread has built (and checked) it.
-Every native plan is checked against the numpy plan on probe rows (thresholds, NaNs) before it
+The .so is built once per model content, in a private cache folder under tempfile.gettempdir()
+(pgml-native-trees-<uid>, 0700), named by a hash of the treelite model bytes, so reloads,
+redeploys of the same artifact and other worker processes load it in milliseconds. Building
+takes about a second (gcc, 100 trees), so `native_later` never makes a prediction wait for it:
+it returns a plan that serves from the numpy plan and swaps the native one in when a background
+thread has built (and checked) it. Every native plan is checked against the numpy plan on probe rows (thresholds, NaNs) before it
 serves; a disagreement, a build error or a missing library logs and keeps the numpy plan.
 """
 from __future__ import annotations
@@ -190,6 +191,8 @@ def native_later(estimator: Any, task: str, fallback: Any) -> Any:
     cached = _load_cached(source, fallback)
     if cached is not None:
         return cached
+    if os.path.exists(source.refused):
+        return fallback
     pending = PendingNativePlan(fallback)
 
     def build() -> None:
@@ -231,13 +234,26 @@ class _Source:
     def __init__(self, model, key: str, task: str, num_features: int, classes) -> None:
         self.model, self.key, self.task = model, key, task
         self.num_features, self.classes = num_features, classes
-        self.dir = os.path.join(tempfile.gettempdir(), "pgml-native-trees", key)
+        self.dir = os.path.join(_cache_root(), key)
         self.lib = os.path.join(self.dir, "model.so")
+        self.refused = os.path.join(self.dir, "refused")
 
     def plan(self) -> NativePlan:
         from ..training.algorithms import usable_cpus
         return NativePlan(self.lib, task=self.task, num_features=self.num_features, classes=self.classes,
                           threads=usable_cpus())
+
+
+def _cache_root() -> str:
+    """The .so cache folder, ours alone: a shared temp folder must not let another user plant the
+    code we load, so it is created 0700 and refused if someone else owns it or may write to it."""
+    root = os.path.join(tempfile.gettempdir(), f"pgml-native-trees-{os.getuid()}")
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    st = os.lstat(root)
+    import stat
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise PermissionError(f"{root} is not a private folder of this user: native tree plans are off")
+    return root
 
 
 def _source(estimator: Any, task: str, fallback: Any) -> _Source | None:
@@ -276,7 +292,7 @@ def _source(estimator: Any, task: str, fallback: Any) -> _Source | None:
 # ---------------------------------------------------------------- building
 
 def _load_cached(source: _Source, fallback: Any) -> NativePlan | None:
-    if not os.path.exists(source.lib):
+    if not os.path.exists(source.lib) or os.path.exists(source.refused):
         return None
     try:
         plan = source.plan()
@@ -287,10 +303,14 @@ def _load_cached(source: _Source, fallback: Any) -> NativePlan | None:
 
 
 def _build_checked(source: _Source, fallback: Any) -> NativePlan | None:
+    if os.path.exists(source.refused):
+        return None                             # built and refused before: do not rebuild on every load
     _build(source)
     plan = source.plan()
     if not _agrees(plan, fallback):
         log.warning("native trees: the compiled model disagrees with the numpy plan; serving the numpy plan")
+        with open(source.refused, "w") as f:
+            f.write("the compiled model disagreed with the numpy walk on probe rows\n")
         return None
     return plan
 

@@ -6,6 +6,7 @@ from functools import partial
 from typing import Any
 
 from . import compiled, linear, trees
+from . import gpu as gpu_backend
 from .contract import EstimatorPlan, MultiOutputPlan, Plan
 from .unsupervised import compile_unsupervised
 
@@ -42,8 +43,14 @@ def _compile_one(estimator: Any, task: str, gpu: str, native: bool = True):
             log.warning("compiling %s failed, serving it with its own predict: %r", type(estimator).__name__, exc)
             return None
         if plan is not None:
-            return _native(estimator, task, plan) if native and gpu == "off" and plan.kind == "trees" else plan
+            return _native(estimator, task, plan) if native and plan.kind == "trees" and _cpu_only(gpu) else plan
     return None
+
+
+def _cpu_only(gpu: str) -> bool:
+    """No batch of this plan will run on a GPU: then native code takes every batch. With a GPU
+    that may be used ('on', or 'auto' with a device), the numpy/GPU plan keeps the model."""
+    return gpu == "off" or (gpu == "auto" and not gpu_backend.gpu_available())
 
 
 def _native(estimator: Any, task: str, plan: Plan) -> Plan:

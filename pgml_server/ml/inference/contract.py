@@ -25,7 +25,7 @@ class Plan(Protocol):
     num_features: int
     task: str                      # 'regression' | 'classification'
     classes: np.ndarray | None     # class labels of a classifier, in the order of predict_proba's columns
-    kind: str                      # 'linear' | 'trees' | 'estimator' | 'multi-output'
+    kind: str                      # 'linear' | 'trees' | 'native' | 'estimator' | 'multi-output'
     nbytes: int                    # approximate memory footprint, for the cache's byte bound
 
     def predict(self, X: np.ndarray) -> np.ndarray: ...
