@@ -184,14 +184,40 @@ def test_a_cache_folder_others_may_write_to_is_refused(tmp_path):
 
 
 @needs_native
-def test_float32_rounded_training_data_lightgbm_is_refused_or_agrees():
-    """What the server trains (features through a float4/float8 COPY): the probe rows on the
-    split thresholds found treelite/tl2cgen's C disagreeing with LightGBM on such a model; the
-    plan must then stay numpy, and if it is native it must agree."""
-    X, y = load_diabetes(return_X_y=True)
-    X = X.astype(np.float32).astype(np.float64)
+def test_float32_rounded_training_data_lightgbm_is_native_and_agrees_on_its_thresholds():
+    """What the server trains (features through a float4/float8 COPY). LightGBM puts such a model's
+    thresholds at doubles whose low 32 bits are all ones, which tl2cgen's own missing-value test
+    (`union Entry`'s int read over the double) took for missing; with the isnan() rewrite the plan
+    is native and agrees with LightGBM on rows sitting exactly on, and beside, every threshold."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((5000, 6)).astype(np.float32).astype(np.float64)
+    y = X @ rng.standard_normal(6) + np.sin(3 * X[:, 0])
     from pgml_server.ml.training.algorithms import make_estimator
-    estimator = make_estimator("lightgbm", "regression", {"n_estimators": 100}, seed=0).fit(X[:354], y[:354])
+    estimator = make_estimator("lightgbm", "regression", {"n_estimators": 100}, seed=0).fit(X, y)
     plan = compiled.compile_native(estimator, "regression")
-    if plan is not None:
-        np.testing.assert_allclose(plan.predict(X), estimator.predict(X), rtol=1e-7, atol=1e-6)
+    assert plan is not None and plan.kind == "native"
+    walk = compile_trees(estimator, "regression", native=False)
+    split = ~walk.forest.is_leaf
+    features, thresholds = walk.forest.feature[split], walk.forest.threshold[split]
+    punned = np.array([np.frombuffer(t.tobytes()[:4], np.int32)[0] == -1 for t in thresholds])
+    assert punned.any(), "the data no longer produces the thresholds this test is about"
+    rows = np.zeros((3 * len(thresholds), X.shape[1]))
+    for i, (j, t) in enumerate(zip(features, thresholds)):
+        rows[3 * i:3 * i + 3, j] = (t, np.nextafter(t, -np.inf), np.nextafter(t, np.inf))
+    rows[::7, 1] = np.nan
+    np.testing.assert_allclose(plan.predict(rows), estimator.predict(rows), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(plan.predict(X), estimator.predict(X), rtol=1e-7, atol=1e-9)
+
+
+def test_missing_value_tests_are_rewritten_to_isnan(tmp_path):
+    """The source rewrite itself: every `data[i].missing != -1` becomes an isnan() test, and an
+    unknown use of the union makes the build refuse instead of guessing."""
+    (tmp_path / "main.c").write_text("if ((data[3].missing != -1) && (data[3].fvalue <= 1.5)) {}\n"
+                                     "if (!(data[12].missing != -1) || x) {}\n")
+    (tmp_path / "header.h").write_text("union Entry { int missing; double fvalue; int qvalue; };\n")
+    compiled._exact_missing_tests(str(tmp_path))
+    code = (tmp_path / "main.c").read_text()
+    assert "(!isnan(data[3].fvalue))" in code and "!(!isnan(data[12].fvalue))" in code and ".missing" not in code
+    (tmp_path / "tu1.c").write_text("if (data[4].missing == -1) {}\n")
+    with pytest.raises(RuntimeError, match="tu1.c"):
+        compiled._exact_missing_tests(str(tmp_path))
