@@ -291,7 +291,7 @@ async def main(args) -> None:
                                    "WHERE model_id = $1", model_id)
         version = await conn.fetchval("SHOW server_version")
         await conn.close()
-        from pgml_server import artifacts
+        from pgml_server.ml import artifacts
         estimator = pickle.loads(blob[len(artifacts.TAG) + artifacts.DIGEST_SIZE:])   # TAG + HMAC + pickle
         print(f"machine: {describe_machine()}; upstream PostgreSQL {version}; load average {load_average()}")
         print(f"model: LightGBM regressor, 100 trees, 10 features; setup {time.perf_counter() - t0:.1f} s")

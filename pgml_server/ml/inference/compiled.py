@@ -2,8 +2,8 @@
 
 One row through a 100-tree LightGBM model costs ≈ 40 µs in the numpy walk (trees.py: a few µs
 of numpy calls per depth level) and ≈ 3.5 µs per call as compiled if/else code (most of it the
-ctypes call). treelite (4.x) reads the model (LightGBM, XGBoost, HistGradientBoosting: what it
-reproduces exactly; scikit-learn's float32-comparing trees stay on the walk), tl2cgen (1.0) writes it
+ctypes call). treelite (4.x) reads the model (LightGBM, XGBoost, HistGradientBoosting, and
+scikit-learn's other trees, whose float32 comparisons the shim reproduces), tl2cgen (1.0) writes it
 out as C, and we add a small entry point (_SHIM) that takes a float64 row-major matrix straight
 from numpy: NaN stays NaN (the generated missing-value tests are rewritten to isnan(), see
 _exact_missing_tests), rows are predicted in a C loop (OpenMP for
@@ -66,7 +66,7 @@ void pgml_predict(const double* X, int64_t n, int32_t nf, int32_t margin, int32_
     %(rtype)s res[PGML_WIDTH];
     const double* x = X + i * nf;
     for (int j = 0; j < nf; ++j) {
-      row[j].fvalue = x[j];   /* NaN stays NaN: the tests are isnan() (see _exact_missing_tests) */
+      row[j].fvalue = %(value)s;   /* NaN stays NaN: the tests are isnan() (see _exact_missing_tests) */
     }
     for (int k = 0; k < PGML_WIDTH; ++k) res[k] = 0;
     predict(row, margin, res);
@@ -232,8 +232,8 @@ def compile_native(estimator: Any, task: str, fallback: Any = None) -> NativePla
 # ---------------------------------------------------------------- what to compile
 
 class _Source:
-    def __init__(self, model, key: str, task: str, num_features: int, classes) -> None:
-        self.model, self.key, self.task = model, key, task
+    def __init__(self, model, key: str, task: str, num_features: int, classes, round32: bool) -> None:
+        self.model, self.key, self.task, self.round32 = model, key, task, round32
         self.num_features, self.classes = num_features, classes
         self.dir = os.path.join(_cache_root(), key)
         self.lib = os.path.join(self.dir, "model.so")
@@ -272,12 +272,13 @@ def _source(estimator: Any, task: str, fallback: Any) -> _Source | None:
             return None                         # early stopping: predict uses a prefix of the trees
         model = treelite.frontend.from_xgboost_json(bytes(estimator.get_booster().save_raw("json")))
     elif module == "sklearn":
+        # HistGradientBoosting compares float64; scikit-learn's other trees (decision trees, random
+        # forests, extra trees, gradient boosting) compare float32(x) with float64 thresholds,
+        # which the shim reproduces by rounding each value to float32 first (Forest.round32).
+        # GradientBoosting is left on the walk: scikit-learn refuses NaN for it, and where the
+        # walk sends a NaN (our choice, kept for every plan) treelite's import does not follow.
         from sklearn import ensemble
-        # Only HistGradientBoosting: scikit-learn's other trees compare float32(x) with float64
-        # thresholds, which treelite's float64 code does not reproduce (checked: RandomForest,
-        # ExtraTrees, GradientBoosting all disagree near thresholds), so they stay on the walk.
-        if not isinstance(estimator, (ensemble.HistGradientBoostingClassifier,
-                                      ensemble.HistGradientBoostingRegressor)):
+        if isinstance(estimator, (ensemble.GradientBoostingRegressor, ensemble.GradientBoostingClassifier)):
             return None
         model = treelite.sklearn.import_model(estimator)
     else:
@@ -286,8 +287,9 @@ def _source(estimator: Any, task: str, fallback: Any) -> _Source | None:
         return None
     import tl2cgen
     digest = hashlib.sha256(model.serialize_bytes())
-    digest.update(f"{treelite.__version__}/{tl2cgen.__version__}/{_SHIM_VERSION}".encode())
-    return _Source(model, digest.hexdigest()[:32], fallback.task, fallback.num_features, fallback.classes)
+    round32 = bool(fallback.forest.round32)
+    digest.update(f"{treelite.__version__}/{tl2cgen.__version__}/{_SHIM_VERSION}/{round32}".encode())
+    return _Source(model, digest.hexdigest()[:32], fallback.task, fallback.num_features, fallback.classes, round32)
 
 
 # ---------------------------------------------------------------- building
@@ -331,7 +333,9 @@ def _build(source: _Source) -> None:
         if match is None:
             raise RuntimeError("unexpected tl2cgen header: no predict(union Entry*, int, T*)")
         with open(os.path.join(work, "pgml_shim.c"), "w") as f:
-            f.write(_SHIM % {"rtype": match.group(1), "nf": max(1, source.num_features), "parallel": _PARALLEL_ROWS})
+            f.write(_SHIM % {"rtype": match.group(1), "nf": max(1, source.num_features), "parallel": _PARALLEL_ROWS,
+                             # scikit-learn's trees and XGBoost compare float32(x): so does the .so
+                             "value": "(double)(float)x[j]" if source.round32 else "x[j]"})
         sources = sorted(n for n in os.listdir(work) if n.endswith(".c"))
         cc = os.environ.get("CC", "gcc")
         lib = os.path.join(work, "model.so")
