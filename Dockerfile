@@ -2,16 +2,17 @@
 # Without DATABASE_URL it starts its embedded PostgreSQL in /var/lib/pgml (a volume).
 FROM python:3.11-slim
 
-# libgomp1: OpenMP runtime that LightGBM and XGBoost load.
+# libgomp1: OpenMP runtime that LightGBM and XGBoost load; gcc + libc6-dev: the compiler that
+# turns deployed tree models into native code at load (ml/inference/compiled.py).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libgomp1 \
+ && apt-get install -y --no-install-recommends libgomp1 gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protocol ./protocol
 COPY pgml_server ./pgml_server
-RUN pip install --no-cache-dir . && rm -rf /src
+RUN pip install --no-cache-dir '.[compiled]' && rm -rf /src
 
 # PostgreSQL (embedded mode) refuses to run as root; the server needs no privileges either.
 RUN useradd --create-home --uid 10001 pgml && install -d -o pgml -g pgml /var/lib/pgml

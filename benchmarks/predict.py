@@ -292,7 +292,8 @@ async def main(args) -> None:
         version = await conn.fetchval("SHOW server_version")
         await conn.close()
         from pgml_server.ml import artifacts
-        estimator = pickle.loads(blob[len(artifacts.TAG) + artifacts.DIGEST_SIZE:])   # TAG + HMAC + pickle
+        from pgml_server.ml.model import unbundle
+        estimator, _ = unbundle(pickle.loads(blob[len(artifacts.TAG) + artifacts.DIGEST_SIZE:]))   # TAG + HMAC + pickle
         print(f"machine: {describe_machine()}; upstream PostgreSQL {version}; load average {load_average()}")
         print(f"model: LightGBM regressor, 100 trees, 10 features; setup {time.perf_counter() - t0:.1f} s")
 
@@ -309,13 +310,15 @@ async def main(args) -> None:
         try:
             from pgml_server.ml.inference import compile_plan
             plan = compile_plan(estimator, "regression")
-            print(f", pgml-server plan {per_call(lambda: plan.predict(X)) * 1e6:.1f} µs")
+            if hasattr(plan, "ready"):          # a native plan building in the background: wait for it
+                plan.ready.wait(60)
+            print(f", pgml-server plan ({plan.kind}) {per_call(lambda: plan.predict(X)) * 1e6:.1f} µs")
         except Exception as exc:  # the plan API is not this script's business; report and go on
             print(f", pgml-server plan: not measured ({exc})")
         ratio = percentile(ours, 50) / percentile(direct, 50)
-        ratios.append(f"single-row p50 pgml-server / direct round trip: {ratio:.2f}× (goal ≤ 1.25×) "
-                      f"{'met' if ratio <= 1.25 else 'NOT met'}")
-        print(f"  ratio pgml-server / direct (p50): {ratio:.2f}× (goal ≤ 1.25×)")
+        ratios.append(f"single-row p50 pgml-server / direct round trip: {ratio:.2f}× (goal ≤ 1.5×, issue 11) "
+                      f"{'met' if ratio <= 1.5 else 'NOT met'}")
+        print(f"  ratio pgml-server / direct (p50): {ratio:.2f}× (goal ≤ 1.5×, issue 11; issue 4 asked 1.25×)")
 
         with tempfile.TemporaryDirectory() as tmp:
             proc, port = start_microservice(estimator, Path(tmp))
