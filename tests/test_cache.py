@@ -100,13 +100,17 @@ def wait_for(check, timeout: float, interval: float = 0.02):
 # ---------------------------------------------------------------- (a) bounded in bytes, LRU
 
 REPLICA_WAIT = 10.0   # seconds; a NOTIFY normally arrives in milliseconds
+# The byte-bound tests count the numpy walk's node arrays: a native tree plan (a .so of a few
+# hundred KB, or already built by an earlier run and loaded from the .so cache) would make the
+# sizes depend on what ran before, so their servers keep tree models on the walk.
+WALK = {"env": {"PGML_NATIVE_TREES": "0"}}
 FOREST = '{"n_estimators": 150}'      # fully grown trees on diabetes: about 2.5 MB of node arrays
 
 
 def test_cache_is_bounded_in_bytes_and_reloads_evicted_models(fresh_db, start_server):
     db = fresh_db("pgml_cache_bound")
-    reference = on(start_server, db)                # default 1 GiB: never evicts
-    small = on(start_server, db, "--model-cache-mb", "1")
+    reference = on(start_server, db, **WALK)        # default 1 GiB: never evicts
+    small = on(start_server, db, "--model-cache-mb", "1", **WALK)
     projects = ["bound-a", "bound-b", "bound-c"]
     with connect(reference) as ref, connect(small) as conn:
         ref.execute("SELECT pgml.load_dataset('diabetes')")
@@ -143,7 +147,7 @@ def test_cache_is_bounded_in_bytes_and_reloads_evicted_models(fresh_db, start_se
 def test_lru_keeps_what_fits_and_evicts_the_least_recently_used(fresh_db, start_server):
     """Models smaller than the bound: several fit, and the oldest is the one that goes."""
     db = fresh_db("pgml_cache_lru")
-    srv = on(start_server, db, "--model-cache-mb", "4")
+    srv = on(start_server, db, "--model-cache-mb", "4", **WALK)
     with connect(srv) as conn:
         conn.execute("SELECT pgml.load_dataset('diabetes')")
         forest = '{"n_estimators": 50}'                     # about 0.9 MB each: 4 fit in 4 MB, 5 do not
@@ -203,12 +207,12 @@ def test_deployed_models_are_loaded_at_start(fresh_db, start_server):
 
 def test_warm_up_stops_when_the_cache_is_full(fresh_db, start_server):
     db = fresh_db("pgml_cache_warm_full")
-    trainer = on(start_server, db)
+    trainer = on(start_server, db, **WALK)
     with connect(trainer) as conn:
         conn.execute("SELECT pgml.load_dataset('diabetes')")
         for p in ("full-a", "full-b", "full-c"):
             train(conn, p, "random_forest", FOREST)          # each larger than 1 MB
-    small = on(start_server, db, "--model-cache-mb", "1")
+    small = on(start_server, db, "--model-cache-mb", "1", **WALK)
     wait_for(lambda: "model cache" in small.log() and ("warmed" in small.log()), 15)
     with connect(small) as conn:
         s = stats(conn)
