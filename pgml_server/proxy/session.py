@@ -83,7 +83,7 @@ class Session(StartupPhase):
     def on_client_data(self, data: bytes) -> None:
         if self.phase == "closed":
             return
-        if self.phase == "ready" and self._forward_packet(data):
+        if self.phase == "ready" and (self._answer_packet(data) if self.prepared else self._forward_packet(data)):
             self._flush_client()
             return
         try:
@@ -163,6 +163,21 @@ class Session(StartupPhase):
         self.unsynced, self.batch_dirty = unsynced, dirty
         self.upstream.write(data)
         self._drain()
+        return True
+
+    def _answer_packet(self, data: bytes) -> bool:
+        """The local fast path: a packet that is one prepared pgml.predict call (Bind, Execute,
+        Sync) answered whole by the runner, when nothing is outstanding, so its answer is the one
+        _pump_frames would queue. False, having changed nothing, otherwise (the runner decides
+        whether the packet is such a call)."""
+        if (self.blocked or self.failed_until_sync or self.unsynced or self.queue or self._deferred is not None
+                or self.tx_status == "E" or self.framer.buffered()):
+            return False
+        answer = self.runner.answer_packet(data)
+        if answer is None:
+            return False
+        self.out.append(answer)
+        self.batch_dirty = False
         return True
 
     def _malformed(self, err: PgError) -> None:

@@ -43,11 +43,32 @@ def float_matrix(cells: np.ndarray) -> np.ndarray | None:
     return body["v"].astype(np.float64)
 
 
+# One bound float8[]/real[] value of up to this many elements is read with one struct call (a
+# prepared pgml.predict's features): ≈ 1 µs, where the numpy views of float_matrix cost ≈ 6 µs.
+_SHORT = 256
+_ONE_DIM = struct.Struct("!iiIii")              # ndim, has_null, element oid, length, lower bound
+_ELEMENTS: dict[tuple[int, int], struct.Struct] = {}
+
+
 def float_array(data) -> np.ndarray | None:
     """One binary one-dimensional float8[]/real[] value → a float64 vector; None otherwise."""
-    data = bytes(data)                          # no numpy view into the framer's buffer
-    if len(data) < 20 or _HEADER.unpack_from(data)[0] != 1:
+    if len(data) < 20:
         return None
+    ndim, has_null, elem, length, _ = _ONE_DIM.unpack_from(data)
+    if ndim != 1:
+        return None
+    if not has_null and 0 < length <= _SHORT and (elem == types.FLOAT8 or elem == types.FLOAT4):
+        size = 12 if elem == types.FLOAT8 else 8
+        if len(data) != 20 + size * length:
+            return None
+        layout = _ELEMENTS.get((elem, length))
+        if layout is None:
+            layout = _ELEMENTS[(elem, length)] = struct.Struct("!" + ("id" if size == 12 else "if") * length)
+        values = layout.unpack_from(data, 20)
+        if values[0::2].count(size - 4) != length:        # an element of another length: not ours to read
+            return None
+        return np.array(values[1::2], dtype=np.float64)
+    data = bytes(data)                          # no numpy view into the framer's buffer
     X = float_matrix(np.frombuffer(data, np.uint8).reshape(1, -1))
     return None if X is None else X[0]
 

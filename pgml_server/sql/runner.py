@@ -8,6 +8,7 @@ each session its runner (`LocalRunner(session)`), so the proxy never imports thi
 from __future__ import annotations
 
 import inspect
+import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -30,6 +31,17 @@ _PARSE_COMPLETE = m.ParseComplete().encode()
 _BIND_COMPLETE = m.BindComplete().encode()
 _CLOSE_COMPLETE = m.CloseComplete().encode()
 _NO_DATA = m.NoData().encode()
+_SYNC = m.Sync().encode()
+_SELECT_1 = m.command_complete("SELECT 1")
+# DataRow of one binary real: 'D', length 14, one column, 4 bytes, the value (what encode_rows
+# gives for pgml.predict's result in binary, without its per-call lists and lookups).
+_REAL_ROW = struct.Struct("!BIHIf")
+
+# What a prepared statement may run on the one-packet path (LocalRunner.answer_packet): functions
+# that only read the model cache and answer synchronously once the model is cached, so running
+# one again when the fast path gives up (an error, a cache miss) changes nothing.
+_ONE_PACKET_FUNCTIONS = frozenset({"predict", "score", "predict_proba", "predict_joint", "predict_label",
+                                   "decompose"})
 
 
 @dataclass
@@ -38,6 +50,15 @@ class LocalPrepared:
     sql: str
     route: Route
     param_oids: list[int]
+    one_packet: bool = False      # Bind+Execute+Sync of it may be answered by answer_packet
+
+
+def _one_packet(route: Route) -> bool:
+    if route.kind != LOCAL:
+        return False
+    stmt = route.statement
+    return (len(stmt.calls) == 1 and not stmt.expand and not stmt.returns_set
+            and stmt.calls[0].function.name in _ONE_PACKET_FUNCTIONS)
 
 
 @dataclass
@@ -199,7 +220,7 @@ class LocalRunner:
         inferred = self._param_types(route)
         oids = [declared[i] if i < len(declared) and declared[i] else t for i, t in enumerate(inferred)]
         oids += declared[len(oids):]
-        prepared = LocalPrepared(msg.name, msg.query, route, oids)
+        prepared = LocalPrepared(msg.name, msg.query, route, oids, _one_packet(route))
         self._reply_unless_aborted(_PARSE_COMPLETE, _store(session.prepared, msg.name, prepared))
 
     @staticmethod
@@ -248,27 +269,61 @@ class LocalRunner:
     def _bind(self, msg: m.Bind) -> None:
         session = self.session
         prepared = session.prepared[msg.statement]
-        oids = prepared.param_oids
-        if len(msg.params) != len(oids):
-            self._error(PgError(sqlstate.PROTOCOL_VIOLATION,
-                                f'bind message supplies {len(msg.params)} parameters, but prepared statement '
-                                f'"{msg.statement}" requires {len(oids)}'))
-            return
-        formats = msg.param_formats
-        rewritten = prepared.route.kind == REWRITE
         try:
-            params = [None if v is None or (rewritten and not oids[i]) else decode_param(
-                oids[i] or types.TEXT, v, bool(format_code(formats, i)))
-                for i, v in enumerate(msg.params)]
+            params = _bind_params(prepared, msg)
         except PgError as err:
             self._error(err)
             return
-        except Exception as exc:
-            self._error(PgError(sqlstate.INVALID_BINARY_REPRESENTATION,
-                                f"incorrect binary data format in bind parameter: {exc}"))
-            return
+        rewritten = prepared.route.kind == REWRITE
         portal = LocalPortal(msg.portal, prepared, params, list(msg.result_formats), msg if rewritten else None)
         self._reply_unless_aborted(_BIND_COMPLETE, _store(session.portals, msg.portal, portal))
+
+    def answer_packet(self, data: bytes) -> bytes | None:
+        """The whole answer to a packet that is exactly Bind + Execute + Sync of a prepared
+        one-packet statement (a prepared pgml.predict: what asyncpg, psycopg and JDBC send per
+        call), or None, having changed nothing, for the message loop to handle as usual.
+
+        The session calls it only when nothing is outstanding (empty FIFO, no error skipping to
+        Sync, the transaction status known and not failed), so the answer is what the loop would
+        queue: BindComplete, the row, CommandComplete and ReadyForQuery, in one write, without
+        framing the packet into messages, FIFO entries or routing. Whatever the loop would answer
+        differently (a bad Bind, a wrong parameter, an unknown project, a cache miss)
+        returns None, and the loop then gives the same answer it always gives (running the
+        function again: these only read the cache)."""
+        n = len(data)
+        if n < 25 or data[0] != 0x42 or data[n - 5:] != _SYNC:
+            return None
+        bind_end = 1 + int.from_bytes(data[1:5], "big")
+        if bind_end + 10 > n - 5 or data[bind_end] != 0x45:
+            return None
+        if bind_end + 1 + int.from_bytes(data[bind_end + 1:bind_end + 5], "big") != n - 5:
+            return None
+        session = self.session
+        view = memoryview(data)
+        try:
+            msg = m.Bind.decode(view[5:bind_end])
+            execute = m.Execute.decode(view[bind_end + 5:n - 5])
+            prepared = session.prepared.get(msg.statement)
+            # (Execute's row limit is not looked at, as in execute(): one row, then CommandComplete.)
+            if prepared is None or not prepared.one_packet or execute.portal != msg.portal:
+                return None
+            params = _bind_params(prepared, msg)
+            stmt = prepared.route.statement
+            call = stmt.calls[0]
+            value = call.function.impl(CallContext(session, extended=True), **call.arguments(params))
+            if _awaitable(value):
+                if inspect.iscoroutine(value):
+                    value.close()            # a cache miss or a first use: the loop loads and authorizes
+                return None
+            portal = LocalPortal(msg.portal, prepared, params, list(msg.result_formats))
+            if type(value) is float and stmt.columns[0][1] == types.FLOAT4 and format_code(msg.result_formats, 0):
+                answer = _REAL_ROW.pack(0x44, 14, 1, 4, value) + _SELECT_1   # a real out of range raises
+            else:
+                answer = self._result(portal, [(value,)])
+        except Exception:
+            return None
+        session.portals[msg.portal] = portal
+        return _BIND_COMPLETE + answer + m.ready_for_query(session.tx_status)
 
     def _describe(self, msg: m.Describe) -> None:
         session = self.session
@@ -366,6 +421,27 @@ class LocalRunner:
                 raise _aborted_transaction()
             raise err
         self.session.push_local(LocalItem(run=fail))
+
+
+def _bind_params(prepared: LocalPrepared, msg: m.Bind) -> list:
+    """A Bind's parameter values for a local statement, decoded by their types; PgError when
+    the count or a value is wrong, as PostgreSQL words it."""
+    oids = prepared.param_oids
+    if len(msg.params) != len(oids):
+        raise PgError(sqlstate.PROTOCOL_VIOLATION,
+                      f'bind message supplies {len(msg.params)} parameters, but prepared statement '
+                      f'"{msg.statement}" requires {len(oids)}')
+    formats = msg.param_formats
+    rewritten = prepared.route.kind == REWRITE
+    try:
+        return [None if v is None or (rewritten and not oids[i]) else decode_param(
+            oids[i] or types.TEXT, v, bool(format_code(formats, i)))
+            for i, v in enumerate(msg.params)]
+    except PgError:
+        raise
+    except Exception as exc:
+        raise PgError(sqlstate.INVALID_BINARY_REPRESENTATION,
+                      f"incorrect binary data format in bind parameter: {exc}") from None
 
 
 def _name(raw: bytes) -> str | None:
