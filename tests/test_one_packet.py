@@ -144,3 +144,44 @@ def test_one_packet_values_are_the_models(trained):
     assert value == pytest.approx(expected, rel=1e-6)
     assert fast.startswith(m.BindComplete().encode()) and m.command_complete("SELECT 1") in fast
     assert str(expected).encode()[:6] in fast_text
+
+
+def _binds():
+    yield m.Bind("", "s1", [0, 1], [b"p", float8_array(FEATURES)], [1]).encode()
+    yield m.Bind("p1", "__asyncpg_stmt_1__", [1], [b"\x00\x01", None, b""], []).encode()
+    yield m.Bind("", "", [], [], [0, 1, 1]).encode()
+    yield m.Bind("ünïcode", "s", [], [b"x"], []).encode()          # not ASCII: left to m.Bind.decode
+
+
+def _garbled(encoded: bytes):
+    yield encoded
+    for cut in range(5, len(encoded)):
+        yield encoded[:cut]                                          # truncated anywhere
+    yield encoded + b"\x00"                                          # trailing byte
+    for at in range(5, len(encoded)):
+        yield encoded[:at] + bytes([encoded[at] ^ 0xFF]) + encoded[at + 1:]   # one byte flipped
+
+
+def test_the_lean_bind_reader_agrees_with_the_protocol_layers_or_declines():
+    """runner._plain_bind reads what m.Bind.decode reads, or returns None (never a different
+    message, never one m.Bind.decode refuses), over truncated, padded and bit-flipped Binds."""
+    from pgml_server.sql.runner import _plain_bind
+    from protocol.errors import PgError
+    checked = declined = 0
+    for encoded in _binds():
+        for variant in _garbled(encoded):
+            payload = variant[5:]
+            try:
+                expected = m.Bind.decode(payload)
+            except (PgError, ValueError, UnicodeDecodeError):
+                expected = None
+            try:
+                got = _plain_bind(variant, 5, len(variant))
+            except Exception:                                        # answer_packet declines on any exception
+                got = None
+            if got is None:
+                declined += 1
+            else:
+                assert got == expected, variant
+                checked += 1
+    assert checked > 4 and declined > 100

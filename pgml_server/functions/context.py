@@ -14,12 +14,20 @@ from ..pipeline.session_executor import SessionExecutor
 
 
 class CallContext:
-    __slots__ = ("session", "executor", "extended")
+    __slots__ = ("session", "_executor", "extended")
 
     def __init__(self, session: SessionPort, *, extended: bool) -> None:
         self.session = session
-        self.executor = SessionExecutor(session, extended=extended)
+        self._executor: SessionExecutor | None = None
         self.extended = extended
+
+    @property
+    def executor(self) -> SessionExecutor:
+        """The client's own upstream session, made on first use: a predict answered from the
+        cache never needs one (and is on the hot path)."""
+        if self._executor is None:
+            self._executor = SessionExecutor(self.session, extended=self.extended)
+        return self._executor
 
     @property
     def user(self) -> str:

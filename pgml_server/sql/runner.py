@@ -299,13 +299,15 @@ class LocalRunner:
         if bind_end + 1 + int.from_bytes(data[bind_end + 1:bind_end + 5], "big") != n - 5:
             return None
         session = self.session
-        view = memoryview(data)
         try:
-            msg = m.Bind.decode(view[5:bind_end])
-            execute = m.Execute.decode(view[bind_end + 5:n - 5])
+            msg = _plain_bind(data, 5, bind_end)
+            # Execute: the portal's name, NUL, the row limit (not looked at, as in execute(): one
+            # row, then CommandComplete)
+            if msg is None or data.find(b"\x00", bind_end + 5) != n - 10 or \
+                    data[bind_end + 5:n - 10] != msg.portal.encode():
+                return None
             prepared = session.prepared.get(msg.statement)
-            # (Execute's row limit is not looked at, as in execute(): one row, then CommandComplete.)
-            if prepared is None or not prepared.one_packet or execute.portal != msg.portal:
+            if prepared is None or not prepared.one_packet:
                 return None
             params = _bind_params(prepared, msg)
             stmt = prepared.route.statement
@@ -421,6 +423,46 @@ class LocalRunner:
                 raise _aborted_transaction()
             raise err
         self.session.push_local(LocalItem(run=fail))
+
+
+_U16 = struct.Struct("!H")
+_I32 = struct.Struct("!i")
+
+
+def _plain_bind(data: bytes, start: int, end: int) -> m.Bind | None:
+    """The Bind message in data[start:end], read with a few slices and struct calls (what
+    m.Bind.decode does with a Reader call per field, ≈ 5 µs for a prepared predict); None when it
+    is anything but well-formed with names in ASCII (m.Bind.decode then gives the loop's answer)."""
+    first = data.find(b"\x00", start, end)
+    second = data.find(b"\x00", first + 1, end) if first >= 0 else -1
+    if second < 0:
+        return None
+    names = data[start:second]
+    if not names.isascii():
+        return None
+    portal, statement = names.decode().split("\x00")
+    pos = second + 1
+    (nformats,) = _U16.unpack_from(data, pos)
+    formats = list(struct.unpack_from(f"!{nformats}h", data, pos + 2))
+    pos += 2 + 2 * nformats
+    (nparams,) = _U16.unpack_from(data, pos)
+    pos += 2
+    params: list[bytes | None] = []
+    for _ in range(nparams):
+        (size,) = _I32.unpack_from(data, pos)
+        pos += 4
+        if size == -1:
+            params.append(None)
+            continue
+        if size < 0 or pos + size > end:
+            return None
+        params.append(data[pos:pos + size])
+        pos += size
+    (nresults,) = _U16.unpack_from(data, pos)
+    results = list(struct.unpack_from(f"!{nresults}h", data, pos + 2))
+    if pos + 2 + 2 * nresults != end or len(formats) not in (0, 1, nparams):
+        return None
+    return m.Bind(portal, statement, formats, params, results)
 
 
 def _bind_params(prepared: LocalPrepared, msg: m.Bind) -> list:
