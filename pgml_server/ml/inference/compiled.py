@@ -113,6 +113,9 @@ class NativePlan:
         self._out_small = np.zeros((_SMALL_ROWS, self.width), np.float64)
         self._x_address = ctypes.c_void_p(self._x_small.ctypes.data)
         self._out_address = ctypes.c_void_p(self._out_small.ctypes.data)
+        # One row of a single-output regressor (a prepared pgml.predict): fixed views, no as_rows.
+        self._row_shape = (1, num_features) if task != "classification" and self.width == 1 else None
+        self._x_row, self._out_row = self._x_small[:1], self._out_small[:1, 0]
         self.nbytes = os.path.getsize(lib_path) + self._x_small.nbytes + self._out_small.nbytes + 256
 
     def scores(self, X: np.ndarray) -> np.ndarray:
@@ -133,6 +136,14 @@ class NativePlan:
         return out
 
     def predict(self, X: np.ndarray) -> np.ndarray:
+        if (type(X) is np.ndarray and X.shape == self._row_shape and X.dtype == np.float64
+                and self._small.acquire(blocking=False)):
+            try:
+                np.copyto(self._x_row, X)
+                self._fn(self._x_address, 1, self.num_features, 0, 1, self._out_address)
+                return self._out_row.copy()
+            finally:
+                self._small.release()
         out = self.scores(X)
         if self.task != "classification":
             return out[:, 0] if self.width == 1 else out
@@ -172,6 +183,8 @@ class PendingNativePlan:
 
     def _swap(self, plan: Any) -> None:
         self.plan = plan                        # one reference assignment: atomic for other threads
+        # and from now on a call goes straight to the native plan's methods (one frame less)
+        self.predict, self.predict_proba = plan.predict, plan.predict_proba
 
 
 _builder: ThreadPoolExecutor | None = None
