@@ -70,10 +70,15 @@ def type_name(oid: int) -> str:
     return _TYPE_NAMES.get(oid, str(oid))
 
 
+_FLOAT_ARRAYS = frozenset({types.ARRAY_OF[types.FLOAT4], types.ARRAY_OF[types.FLOAT8]})
+
+
 def coerce(value: Any, oid: int, what: str) -> Any:
     """Convert an evaluated argument to the Python value of the declared parameter type."""
     if value is None or oid == ANY:
         return value
+    if type(value) is np.ndarray and oid in _FLOAT_ARRAYS:
+        return value                 # bound float8[]/real[] features (the hot path of predict)
     try:
         if oid == types.TEXT:
             return value if isinstance(value, str) else str(value)
