@@ -3,13 +3,14 @@
 FROM python:3.11-slim
 
 # libgomp1: OpenMP runtime that LightGBM and XGBoost load; gcc + libc6-dev: the compiler that
-# turns deployed tree models into native code at load (ml/inference/compiled.py).
+# turns deployed tree models into native code at load (ml/inference/compiled.py) and builds the
+# compiled relay core at install (setup.py, pgml_server/proxy/_relay.c).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgomp1 gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY protocol ./protocol
 COPY pgml_server ./pgml_server
 RUN pip install --no-cache-dir '.[compiled]' && rm -rf /src

@@ -24,6 +24,7 @@ from .config import Config
 from .dsn import UpstreamAddress, parse_dsn
 from .ml.loader import ModelService
 from .proxy.cancel import CancelKeys
+from .proxy.relay import RelayCore
 from .proxy.session import Session
 from .proxy.transport import ClientProtocol
 from .proxy.upstream import cancel_upstream, open_upstream
@@ -48,6 +49,7 @@ class ServerContext:
         self.worker = worker
         self.models: ModelService | None = None    # the model cache and its loader (start_services)
         self.scheduler: Scheduler | None = None    # scheduled retraining (start_services)
+        self.relay: RelayCore | None = None        # the compiled relay core (run_worker)
 
     def client_count(self) -> int:
         return len(self.sessions)
@@ -77,6 +79,9 @@ async def run_worker(config: Config, upstream_dsn: str, worker: int = 0,
     loop = asyncio.get_running_loop()
     ctx = ServerContext(config, upstream_dsn, worker, runtime_dir)
     await start_services(ctx)
+    ctx.relay = RelayCore.start(loop)
+    log.info("worker %d relays plain sessions %s", worker,
+             "in the compiled relay core" if ctx.relay is not None else "in Python")
     if sock is not None:
         server = await loop.create_server(lambda: ClientProtocol(ctx), sock=sock, backlog=1024)
     else:
@@ -102,6 +107,8 @@ async def run_worker(config: Config, upstream_dsn: str, worker: int = 0,
 
 async def _drain_sessions(ctx: ServerContext, timeout: float) -> None:
     """Let running statements finish (bounded), then close every session."""
+    if ctx.relay is not None:
+        ctx.relay.close()           # every session back in Python, with what it still owes
     deadline = asyncio.get_running_loop().time() + timeout
     while any(s.queue or s.local_task for s in ctx.sessions):
         if asyncio.get_running_loop().time() > deadline:

@@ -23,6 +23,9 @@ def trained(server):
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
         conn.execute("SELECT pgml.load_dataset('diabetes')")
         conn.execute(f"SELECT * FROM pgml.train('{PROJECT}', 'regression', 'pgml.diabetes', 'target', 'linear')")
+        # "a model id": this project's deployed model (id 1 is whichever model an earlier test made)
+        model_id = conn.execute("SELECT id FROM pgml.deployed_models WHERE name = %s", (PROJECT,)).fetchone()[0]
+    SCENARIOS["a model id"] = dict(b=bind(project=str(model_id)))
     return server
 
 

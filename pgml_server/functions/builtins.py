@@ -27,3 +27,18 @@ def cache_stats(ctx):
     mode = ctx.config.gpu
     return (len(cache), cache.nbytes, cache.max_bytes, cache.hits, cache.misses, cache.loads, cache.evictions,
             cache.model_ids(), mode, mode != "off" and gpu.gpu_available(), gpu.min_batch())
+
+
+@register("relay_stats", [], [
+    ("relay", types.TEXT), ("attached", _INT8), ("attaches", _INT8), ("handbacks", _INT8),
+    ("client_messages", _INT8), ("upstream_messages", _INT8), ("handback_reasons", types.TEXT),
+], description="this server process's relay: 'native' (the compiled relay core) or 'python', and its counters")
+def relay_stats(ctx):
+    """Whether plain sessions are relayed by the compiled core, and how much it has relayed."""
+    relay = getattr(ctx.session.ctx, "relay", None)
+    if relay is None:
+        return ("python", 0, 0, 0, 0, 0, "")
+    s = relay.stats()
+    reasons = ", ".join(f"{name} {n}" for name, n in s["reasons"].items() if n)
+    return ("native", s["attached"], s["attaches"], s["handbacks"], s["client_messages"], s["upstream_messages"],
+            reasons)

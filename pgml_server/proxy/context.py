@@ -15,6 +15,7 @@ class ProxyContext(Protocol):
     cancel_keys: CancelKeys
     tls_context: Any                 # ssl.SSLContext for clients, or None
     sessions: set
+    relay: Any                       # relay.RelayCore, or None (sessions relay in Python)
 
     def client_count(self) -> int: ...
     async def open_upstream(self, session) -> None: ...

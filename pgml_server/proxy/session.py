@@ -29,6 +29,7 @@ from ..pipeline.internal import FLUSH
 from ..pipeline.rules import (ANSWER_KIND, ASYNC, B, C, D, E, ERROR, EXT, FINISHED_BY, NOTICE, P, Q, READY, S,
                               SIMPLE, SYNC, X, finishes, forwarded_kind, mentions_pgml, skips_to_sync)
 from .context import ProxyContext
+from .relay import RelayCore
 from .startup import StartupPhase
 
 log = logging.getLogger("pgml_server.session")
@@ -74,6 +75,13 @@ class Session(StartupPhase):
         self.readable_models: set[int] = set()   # models this client's role was seen to read
         self._frame_type = 0                      # type of the frame being routed (for _malformed)
         self._deferred = None                     # a frame to route again (route_after_answers)
+        # The compiled relay core (relay.py): set when the session is ready and eligible (no TLS);
+        # None again once it must never attach (after end of file or a socket error it met).
+        self.relay: RelayCore | None = None
+        self.relayed = False                      # the relay thread owns both sockets now
+        self.relay_id = 0
+        self.relay_cooldown = 0                   # quiescent points to wait before attaching again
+        self._resuming = False
         self.startup_timer = asyncio.get_running_loop().call_later(
             ctx.config.startup_timeout, self._startup_timed_out)
         ctx.sessions.add(self)
@@ -325,6 +333,8 @@ class Session(StartupPhase):
             self._flush_client()
             self._pump()
             self._flush_client()
+            if self.relay is not None:
+                self._maybe_relay()
 
     async def _local_failed(self, err: PgError, item: LocalItem) -> None:
         """Report a local error the way PostgreSQL reports its own, upstream transaction included."""
@@ -380,6 +390,10 @@ class Session(StartupPhase):
         if self.phase == "auth":
             self._auth_upstream(data)
             self._flush_client()
+            if self.phase == "ready":
+                if not (self.upstream_tls or self.client_tls):
+                    self.relay = getattr(self.ctx, "relay", None)
+                self._maybe_relay()
             return
         if not self.relay_left and not self.ubuf and not self.blocked and self._relay_packet(data):
             return
@@ -455,6 +469,8 @@ class Session(StartupPhase):
             # An upstream error may have dropped the local step the pump was waiting for.
             self._pump()
             self._flush_client()
+        if self.relay is not None:
+            self._maybe_relay()
 
     def _relay_packet(self, data: bytes) -> bool:
         """The relay fast path: when `data` is exactly whole messages, none an ErrorResponse, and
@@ -492,7 +508,68 @@ class Session(StartupPhase):
         if self.framer.buffered() or self._deferred is not None:
             self._pump()
             self._flush_client()
+        if self.relay is not None and not queue:
+            self._maybe_relay()
         return True
+
+    # ------------------------------------------------------------------ the compiled relay core
+
+    def _maybe_relay(self) -> None:
+        """Hand both sockets to the relay thread when nothing here needs them: nothing owed by the
+        upstream or to a local step, nothing buffered either way, no local statement or portal
+        (their Binds and Executes are the server's), no TLS (the thread relays plain sockets)."""
+        if (self.relay is None or self.relayed or self._resuming or self.phase != "ready" or self.queue or self.blocked or self.prepared
+                or self.portals or self.ubuf or self.relay_left or self.failed_until_sync or self.out
+                or self._deferred is not None or self.local_task is not None or self.upstream is None
+                or self.framer.buffered()):
+            return
+        if self.relay_cooldown:
+            self.relay_cooldown -= 1
+            return
+        if self.relay.attach(self):
+            self.relayed = True
+
+    def resume_from_relay(self, state: tuple, *, resume: bool = True) -> None:
+        """Carry on from the state the relay thread hands back: its FIFO entries and flags become
+        ours, the bytes it had not written are written, and the bytes it had read but not passed
+        on are handled as if they had just arrived (resume=False: the session is closing; only
+        the writes are done)."""
+        (_, reason, kinds, tx, unsynced, dirty, relay_left, client_in, upstream_in, to_client, to_upstream) = state
+        self.relayed = False
+        self.queue.extend(map(Pending, kinds))
+        self.tx_status, self.unsynced, self.batch_dirty, self.relay_left = tx, bool(unsynced), bool(dirty), relay_left
+        cooldown = RelayCore.cooldown_after(reason)
+        if cooldown is None:
+            self.relay = None
+        else:
+            self.relay_cooldown = cooldown
+        if self.phase == "closed":
+            return
+        if resume:
+            # Reading first: a write below may pause the other side again (flow control).
+            self.client.resume_reading()
+            self.upstream.resume_reading()
+        if to_upstream:
+            self.upstream.write(to_upstream)
+        if to_client:
+            self.client.write(to_client)
+        if not resume:
+            return
+        self._resuming = True
+        try:
+            if upstream_in:
+                self.on_upstream_data(upstream_in)
+            if client_in and self.phase != "closed":
+                self.on_client_data(client_in)
+        finally:
+            self._resuming = False
+        if self.relay is not None:
+            self._maybe_relay()
+
+    def _take_back(self) -> None:
+        """Before this code writes to or closes the sockets itself: the thread lets go of them."""
+        if self.relayed:
+            self.ctx.relay.detach(self, resume=False)
 
     def _account(self, t: int, head, payload) -> None:
         """Advance the FIFO for one upstream response of type t (the rules of pipeline/rules.py)."""
@@ -554,6 +631,7 @@ class Session(StartupPhase):
     def _fatal(self, err: PgError) -> None:
         if self.phase == "closed":
             return
+        self._take_back()
         self.out.append(err.to_response())
         self._flush_client()
         self._close()
@@ -591,6 +669,7 @@ class Session(StartupPhase):
     def _close(self) -> None:
         if self.phase == "closed":
             return
+        self._take_back()
         self.phase = "closed"
         self.startup_timer.cancel()
         self.ctx.sessions.discard(self)
