@@ -31,7 +31,9 @@ class InternalStatement:
     result_formats: Sequence[int] = ()
     describe: bool = False        # Describe the portal: its RowDescription comes before the rows
     execute: bool = True          # False: only Describe the statement (ParameterDescription + RowDescription)
-    copy_data: bytes = b""        # CopyData/CopyDone of a COPY FROM STDIN, sent right after Execute
+    # CopyData/CopyDone of a COPY FROM STDIN, sent right after Execute: bytes, or a tuple of
+    # buffers (a large stream framed by memoryviews, joined only here)
+    copy_data: bytes | tuple = b""
 
     def messages(self, *, sync: bool) -> tuple[bytes, list[int]]:
         """The bytes to send and the FIFO entry kinds their answers fill, in order."""
@@ -53,7 +55,10 @@ class InternalStatement:
         if self.copy_data:
             # CopyData may follow Execute at once: the backend reads it when it enters COPY mode,
             # and ignores it if the statement failed before that. It is not answered.
-            parts.append(self.copy_data)
+            if isinstance(self.copy_data, tuple):
+                parts.extend(self.copy_data)
+            else:
+                parts.append(self.copy_data)
         parts.append(m.Close("S", name).encode())
         if sync:
             parts.append(SYNC_MESSAGE)

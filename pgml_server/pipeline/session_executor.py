@@ -18,6 +18,7 @@ from .internal import InternalStatement, run_internal
 from .port import SessionPort
 
 _COPY_CHUNK = 65536
+_COPY_DATA = b"d"
 
 
 def encode_text_param(value: Any) -> bytes | None:
@@ -45,7 +46,7 @@ class SessionExecutor:
         self.session = session
         self.extended = extended
 
-    async def _run(self, sql: str, args: tuple, copy_data: bytes = b"") -> Collector:
+    async def _run(self, sql: str, args: tuple, copy_data=b"") -> Collector:
         session = self.session
         if session.phase != "ready" or session.upstream is None:
             raise ConnectionError("the client's upstream connection is closed")
@@ -67,10 +68,18 @@ class SessionExecutor:
     async def execute(self, sql: str, *args) -> str:
         return (await self._run(sql, args)).tag
 
-    async def copy_in(self, table: str, columns: list[str], data: bytes, format: str = "text") -> str:
+    async def copy_in(self, table: str, columns: list[str], data, format: str = "text") -> str:
+        """COPY FROM STDIN of `data`: bytes, or a list of buffers (bytes, memoryviews) in order,
+        framed into CopyData messages by views, so that the stream is copied once, when sent."""
         sql = f"COPY {quote_qualified(table)} ({quote_ident_list(columns)}) FROM STDIN WITH (FORMAT {format})"
-        chunks = [m.CopyData(data[i:i + _COPY_CHUNK]).encode() for i in range(0, len(data), _COPY_CHUNK)]
-        return (await self._run(sql, (), b"".join(chunks) + m.CopyDone().encode())).tag
+        frames: list = []
+        for part in ([data] if isinstance(data, (bytes, bytearray)) else data):
+            view = memoryview(part)
+            for i in range(0, len(view), _COPY_CHUNK):
+                chunk = view[i:i + _COPY_CHUNK]
+                frames += (_COPY_DATA + (len(chunk) + 4).to_bytes(4, "big"), chunk)
+        frames.append(m.CopyDone().encode())
+        return (await self._run(sql, (), tuple(frames))).tag
 
     async def copy_out(self, query: str, format: str = "binary") -> bytes:
         sql = f"COPY ({query}) TO STDOUT WITH (FORMAT {format})"

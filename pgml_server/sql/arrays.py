@@ -37,7 +37,10 @@ def float_matrix(cells: np.ndarray) -> np.ndarray | None:
     count, rest = divmod(size - header, record.itemsize)
     if rest or count < 0 or (n > 1 and not (cells[:, :header] == cells[0, :header]).all()):
         return None
-    body = np.ascontiguousarray(cells[:, header:]).view(record).reshape(n, count)
+    body = cells[:, header:]
+    # A view in place where the rows are contiguous (a slice of wider rows, as pass one's are):
+    # copying 100+ MB first costs more than the decoding (fresh pages).
+    body = (body if body.strides[-1] == 1 else np.ascontiguousarray(body)).view(record).reshape(n, count)
     if not (body["len"] == record.itemsize - 4).all():
         return None
     return body["v"].astype(np.float64)
