@@ -518,10 +518,10 @@ class Session(StartupPhase):
         """Hand both sockets to the relay thread when nothing here needs them: nothing owed by the
         upstream or to a local step, nothing buffered either way, no local statement or portal
         (their Binds and Executes are the server's), no TLS (the thread relays plain sockets)."""
-        if (self.relay is None or self.relayed or self._resuming or self.phase != "ready" or self.queue or self.blocked or self.prepared
-                or self.portals or self.ubuf or self.relay_left or self.failed_until_sync or self.out
-                or self._deferred is not None or self.local_task is not None or self.upstream is None
-                or self.framer.buffered()):
+        if (self.relay is None or self.relayed or self._resuming or self.phase != "ready" or self.queue
+                or self.blocked or self.prepared or self.portals or self.ubuf or self.relay_left
+                or self.failed_until_sync or self.out or self._deferred is not None or self.local_task is not None
+                or self.upstream is None or self.framer.buffered()):
             return
         if self.relay_cooldown:
             self.relay_cooldown -= 1
