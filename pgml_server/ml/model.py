@@ -31,6 +31,8 @@ from .preprocessing import ARRAY, CATEGORICAL, TEMPORAL, Labels, Preprocessor, T
 from .preprocessing.rows import compile_row
 from .temporal import epoch_of_text
 
+_INF = float("inf")
+
 _NOT_TEXT = b"\xff"        # never a category: UTF-8 has no 0xFF byte (the "unknown" slot)
 
 
@@ -100,7 +102,10 @@ class ModelInputs:
     def from_numbers(self, X: np.ndarray) -> np.ndarray:
         if self.affine is not None and X.ndim == 2 and X.shape[1] == self.width:
             fill, center, spread = self.affine
-            if not np.isfinite(X).all():
+            # One reduction instead of isfinite + all on the hot path: a finite sum means every
+            # value is finite; a NaN or infinite sum gets the exact test.
+            total = X.sum()
+            if not -_INF < total < _INF and not np.isfinite(X).all():
                 X = np.where(np.isfinite(X), X, fill)
             # Trees take the numbers as they are (no scaling): nothing to compute then.
             return X if self.identity else (X - center) / spread

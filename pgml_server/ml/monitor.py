@@ -80,7 +80,7 @@ class ModelMonitor:
 
     def record(self, X, elapsed_ns: int) -> None:
         """One predict call over X (its plan took `elapsed_ns`): the hot-path hook."""
-        shape = getattr(X, "shape", None)
+        shape = X.shape if type(X) is np.ndarray else getattr(X, "shape", None)
         n = shape[0] if shape is not None and len(shape) == 2 else 1
         self.calls += 1
         self.predictions += n
