@@ -29,6 +29,7 @@ from ..pipeline.internal import FLUSH
 from ..pipeline.rules import (ANSWER_KIND, ASYNC, B, C, D, E, ERROR, EXT, FINISHED_BY, NOTICE, P, Q, READY, S,
                               SIMPLE, SYNC, X, finishes, forwarded_kind, mentions_pgml, skips_to_sync)
 from .context import ProxyContext
+from .linger import close_after_eof
 from .relay import RelayCore
 from .startup import StartupPhase
 
@@ -664,9 +665,11 @@ class Session(StartupPhase):
                 "terminating connection because the upstream PostgreSQL closed it",
                 severity="FATAL"))
         self._flush_client()
-        self._close()
+        self._close(linger=True)
 
-    def _close(self) -> None:
+    def _close(self, *, linger: bool = False) -> None:
+        """End the session; `linger`: the upstream ended it, so the client gets end-of-file and
+        may still write (see linger.py) instead of a socket closed at once."""
         if self.phase == "closed":
             return
         self._take_back()
@@ -677,7 +680,10 @@ class Session(StartupPhase):
         if self.local_task is not None:
             self.local_task.cancel()
         self._close_upstream()
-        self.client.close()
+        if linger:
+            close_after_eof(self.client)
+        else:
+            self.client.close()
 
     def _close_upstream(self) -> None:
         if self.upstream is not None:
