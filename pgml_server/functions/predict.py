@@ -18,6 +18,8 @@ from .base import ANY, Param, register
 
 REAL = types.FLOAT4
 _INF = float("inf")
+# np.add.reduce over the whole array: what ndarray.sum() calls, without its Python-level wrapper frame.
+_SUM = np.add.reduce
 REAL_ARRAY = types.ARRAY_OF[types.FLOAT4]
 
 
@@ -183,7 +185,7 @@ def _features(features) -> np.ndarray:
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE, "features must not be empty")
     # One reduction instead of isinf + any on the hot path: a finite sum means no ±Infinity; a
     # NaN or infinite sum (a NaN feature, an overflow, or an Infinity) gets the exact test.
-    total = X.sum()
+    total = _SUM(X, None)
     if not -_INF < total < _INF and np.isinf(X).any():
         raise PgError(sqlstate.INVALID_PARAMETER_VALUE, "features must be finite (Infinity given)",
                       hint="NULL or NaN mark a missing value; Infinity is not a valid feature.")

@@ -32,6 +32,8 @@ from .preprocessing.rows import compile_row
 from .temporal import epoch_of_text
 
 _INF = float("inf")
+# np.add.reduce over the whole array: what ndarray.sum() calls, without its Python-level wrapper frame.
+_SUM = np.add.reduce
 
 _NOT_TEXT = b"\xff"        # never a category: UTF-8 has no 0xFF byte (the "unknown" slot)
 
@@ -104,7 +106,7 @@ class ModelInputs:
             fill, center, spread = self.affine
             # One reduction instead of isfinite + all on the hot path: a finite sum means every
             # value is finite; a NaN or infinite sum gets the exact test.
-            total = X.sum()
+            total = _SUM(X, None)
             if not -_INF < total < _INF and not np.isfinite(X).all():
                 X = np.where(np.isfinite(X), X, fill)
             # Trees take the numbers as they are (no scaling): nothing to compute then.

@@ -185,7 +185,10 @@ class Session(StartupPhase):
         answer = self.runner.answer_packet(data)
         if answer is None:
             return False
-        self.out.append(answer)
+        if self.out:
+            self.out.append(answer)
+        else:
+            self.client.write(answer)       # one write, no join (the caller's flush finds nothing)
         self.batch_dirty = False
         return True
 
