@@ -94,8 +94,13 @@ class RelayCore:
     def _collect(self) -> None:
         for state in self._core.collect():
             session = self._sessions.pop(state[0], None)
-            if session is not None:
+            if session is None:
+                continue
+            try:
                 session.resume_from_relay(state)
+            except Exception:       # a bug ends that session with a message, never the others
+                log.exception("resuming a session from the relay failed")
+                session.fail_internal()
 
     def close(self) -> None:
         """Every session back to Python, then the thread stops (shutdown)."""

@@ -570,6 +570,11 @@ class Session(StartupPhase):
         if self.relay is not None:
             self._maybe_relay()
 
+    def fail_internal(self) -> None:
+        """End this session after a bug outside its callbacks (relay.py), with PostgreSQL's XX000."""
+        self.relayed = False
+        self._fatal(PgError(sqlstate.INTERNAL_ERROR, "pgml-server internal error", severity="FATAL"))
+
     def _take_back(self) -> None:
         """Before this code writes to or closes the sockets itself: the thread lets go of them."""
         if self.relayed:
