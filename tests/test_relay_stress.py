@@ -331,12 +331,12 @@ def test_core_backpressure_neither_spins_nor_loses_bytes():
 
 
 def test_core_hands_back_in_the_middle_of_a_long_upstream_message():
-    from tests.test_relay_core import Pair, recv_exactly
+    from tests.test_relay_core import Pair, long_data_row, recv_exactly
     p = Pair()
     try:
         p.client.sendall(m.Query("SELECT big").encode())
         recv_exactly(p.upstream, len(m.Query("SELECT big").encode()))
-        row = b"D" + _I32.pack(4 + 2 + 4 + 500_000) + b"\x00\x01" + _I32.pack(500_000) + b"x" * 500_000
+        row = long_data_row()
         p.upstream.sendall(row[:200_000])
         got = recv_exactly(p.client, 200_000)
         local = m.Query("SELECT pgml.version()").encode()

@@ -81,27 +81,27 @@ def _path(node, target, trail: list) -> list | None:
     return None
 
 
-def _has_aggregate(node) -> bool:
-    """A known aggregate in `node`, not looking into nested statements (their own scopes)."""
-    if _is_aggregate(node):
+def _contains(node, found, nested: bool = True) -> bool:
+    """Whether `found(n)` holds for a node under `node`; nested=False: not looking into nested
+    statements (their own scopes)."""
+    if found(node):
         return True
-    if isinstance(node, (ast.SelectStmt, ast.SubLink)):
+    if not nested and isinstance(node, (ast.SelectStmt, ast.SubLink)):
         return False
     if isinstance(node, ast.Node):
-        return any(_has_aggregate(getattr(node, n)) for n in node)
+        return any(_contains(getattr(node, n), found, nested) for n in node)
     if isinstance(node, (tuple, list)):
-        return any(_has_aggregate(x) for x in node)
+        return any(_contains(x, found, nested) for x in node)
     return False
+
+
+def _has_aggregate(node) -> bool:
+    """A known aggregate in `node`, not looking into nested statements (their own scopes)."""
+    return _contains(node, _is_aggregate, nested=False)
 
 
 def _has_column(node) -> bool:
-    if isinstance(node, ast.ColumnRef):
-        return True
-    if isinstance(node, ast.Node):
-        return any(_has_column(getattr(node, n)) for n in node)
-    if isinstance(node, (tuple, list)):
-        return any(_has_column(x) for x in node)
-    return False
+    return _contains(node, lambda n: isinstance(n, ast.ColumnRef))
 
 
 def _star_items(scope: ast.SelectStmt) -> list | None:
